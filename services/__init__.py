@@ -1,0 +1,1 @@
+"""EnergyMesh services: one shared kernel and one package per service."""
