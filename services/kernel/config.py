@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Self
+from typing import Any, Self
 
 # Secrets that development mode may default; production mode refuses to start without them.
 DEV_SECRET_DEFAULTS: Mapping[str, str] = {
@@ -25,15 +25,15 @@ class Env:
 
     @property
     def production(self) -> bool:
-        return self.str("ENERGYMESH_ENV", "development") == "production"
+        return self.text("ENERGYMESH_ENV", "development") == "production"
 
-    def str(self, name: str, default: str | None = None) -> str:
+    def text(self, name: str, default: str | None = None) -> str:
         value = self.values.get(name, default)
         if value is None or value == "":
             raise ConfigError(f"{name} must be set")
         return value
 
-    def int(self, name: str, default: int) -> int:
+    def integer(self, name: str, default: int) -> int:
         raw = self.values.get(name)
         if raw is None or raw == "":
             return default
@@ -42,7 +42,7 @@ class Env:
         except ValueError as exc:
             raise ConfigError(f"{name} must be an integer, got {raw!r}") from exc
 
-    def float(self, name: str, default: float) -> float:
+    def number(self, name: str, default: float) -> float:
         raw = self.values.get(name)
         if raw is None or raw == "":
             return default
@@ -84,19 +84,19 @@ class KernelConfig:
         return cls(**kernel_fields(service_name, env))
 
 
-def kernel_fields(service_name: str, env: Env) -> dict[str, object]:
+def kernel_fields(service_name: str, env: Env) -> dict[str, Any]:
     """The kernel's fields, for services whose config subclasses KernelConfig."""
     return {
         "service_name": service_name,
         "production": env.production,
-        "listen_address": env.str("GRPC_LISTEN_ADDRESS", "127.0.0.1:0"),
-        "database_url": env.str("DATABASE_URL"),
-        "nats_url": env.str("NATS_URL"),
-        "auth_address": env.str("AUTH_GRPC_ADDRESS", "127.0.0.1:50051"),
-        "jwt_issuer": env.str("JWT_ISSUER", "energymesh"),
-        "jwt_audience": env.str("JWT_AUDIENCE", "energymesh"),
-        "log_level": env.str("LOG_LEVEL", "INFO").upper(),
-        "shutdown_grace_seconds": env.float("SHUTDOWN_GRACE_SECONDS", 10.0),
-        "max_message_bytes": env.int("GRPC_MAX_MESSAGE_BYTES", 4 * 1024 * 1024),
-        "health_check_interval_seconds": env.float("HEALTH_CHECK_INTERVAL_SECONDS", 1.0),
+        "listen_address": env.text("GRPC_LISTEN_ADDRESS", "127.0.0.1:0"),
+        "database_url": env.text("DATABASE_URL"),
+        "nats_url": env.text("NATS_URL"),
+        "auth_address": env.text("AUTH_GRPC_ADDRESS", "127.0.0.1:50051"),
+        "jwt_issuer": env.text("JWT_ISSUER", "energymesh"),
+        "jwt_audience": env.text("JWT_AUDIENCE", "energymesh"),
+        "log_level": env.text("LOG_LEVEL", "INFO").upper(),
+        "shutdown_grace_seconds": env.number("SHUTDOWN_GRACE_SECONDS", 10.0),
+        "max_message_bytes": env.integer("GRPC_MAX_MESSAGE_BYTES", 4 * 1024 * 1024),
+        "health_check_interval_seconds": env.number("HEALTH_CHECK_INTERVAL_SECONDS", 1.0),
     }
