@@ -134,8 +134,18 @@ def _routes(upstreams: Sequence[Upstream], default: str) -> list[dict[str, objec
 
 
 def _route(match: dict[str, object], cluster: str) -> dict[str, object]:
-    # timeout 0s: the default 15 s route timeout would cut server streams.
-    return {"match": match, "route": {"cluster": cluster, "timeout": "0s"}}
+    return {
+        "match": match,
+        # timeout 0s: the default 15 s route timeout would cut server streams.
+        "route": {"cluster": cluster, "timeout": "0s"},
+        # The body size limit is for REST bodies; a gRPC client stream may exceed it in total.
+        "typed_per_filter_config": {
+            "envoy.filters.http.body_size_limit": {
+                "@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig",
+                "disabled": True,
+            }
+        },
+    }
 
 
 def _cluster(upstream: Upstream, config: GatewayConfig) -> dict[str, object]:
