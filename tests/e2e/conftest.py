@@ -4,6 +4,7 @@ PostgreSQL, nats-server, every service and Envoy, through the same launcher as `
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -12,7 +13,6 @@ import httpx
 import nats
 import pytest
 from nats.aio.client import Client
-
 from services.launcher.mesh import Mesh, MeshConfig
 
 
@@ -27,9 +27,20 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         running.stop()
 
 
-@pytest.fixture(scope="session")
+def loopback_address() -> str:
+    """A fresh 127.x.y.z source address: each test is its own client to Envoy, so per-address
+    login throttling in one test does not leak into another."""
+    return f"127.{random.randint(1, 254)}.{random.randint(1, 254)}.{random.randint(1, 254)}"
+
+
+def gateway_client(mesh: Mesh, source_address: str | None = None) -> httpx.AsyncClient:
+    transport = httpx.AsyncHTTPTransport(local_address=source_address or loopback_address())
+    return httpx.AsyncClient(base_url=mesh.gateway_url, timeout=30, transport=transport)
+
+
+@pytest.fixture
 async def http(mesh: Mesh) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=mesh.gateway_url, timeout=30) as client:
+    async with gateway_client(mesh) as client:
         yield client
 
 

@@ -70,7 +70,10 @@ async def add_user(http: httpx.AsyncClient, admin: Account, role: str) -> Accoun
     response = await http.post(
         "/v1/users",
         headers=admin.headers,
-        json={"user": {"email": email, "displayName": f"A {role}", "role": role}, "password": PASSWORD},
+        json={
+            "user": {"email": email, "displayName": f"A {role}", "role": role},
+            "password": PASSWORD,
+        },
     )
     assert response.status_code == 200, response.text
     user = response.json()
@@ -109,7 +112,9 @@ async def next_event(
 ) -> dict[str, Any]:
     """The first event on a JetStream subject whose JSON payload contains `match`."""
     js = nats_client.jetstream()
-    subscription = await js.subscribe(subject, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
+    subscription = await js.subscribe(
+        subject, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
+    )
     try:
         async with asyncio.timeout(timeout):
             while True:

@@ -69,7 +69,11 @@ def tokens() -> Fixture:
 
 async def test_a_valid_token_yields_the_caller(tokens: Fixture) -> None:
     caller = await tokens.verifier.verify(tokens.sign())
-    assert (caller.user_id, caller.organization_id, caller.role) == ("user-1", "org-1", Role.OPERATOR)
+    assert (caller.user_id, caller.organization_id, caller.role) == (
+        "user-1",
+        "org-1",
+        Role.OPERATOR,
+    )
 
 
 @pytest.mark.parametrize(
