@@ -29,6 +29,8 @@ class Permission(StrEnum):
     ALERT_RULES_MANAGE = "alert_rules.manage"
     READINGS_WRITE = "readings.write"
     ALERTS_ACKNOWLEDGE = "alerts.acknowledge"
+    # Delete data for good (purge a meter and its readings) instead of retiring it.
+    DATA_PURGE = "data.purge"
     # Read what the caller may see; viewers are narrowed to their assigned meters by the domain.
     DATA_READ = "data.read"
 
@@ -46,7 +48,7 @@ _MANAGER = _OPERATOR | {
     Permission.TARIFFS_MANAGE,
     Permission.ALERT_RULES_MANAGE,
 }
-_ADMIN = _MANAGER | {Permission.USERS_MANAGE, Permission.AUDIT_READ}
+_ADMIN = _MANAGER | {Permission.USERS_MANAGE, Permission.AUDIT_READ, Permission.DATA_PURGE}
 
 ROLE_PERMISSIONS: Mapping[Role, frozenset[Permission]] = {
     Role.ADMIN: _ADMIN,
