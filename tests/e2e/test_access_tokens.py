@@ -143,7 +143,7 @@ async def test_missing_or_malformed_authorization(
 
 
 async def test_jwks_is_published_at_both_paths(http: httpx.AsyncClient, mesh: Mesh) -> None:
-    kid, key = signing_key(mesh)
+    kid, _ = signing_key(mesh)
     for path in ("/v1/auth/jwks", "/.well-known/jwks.json"):
         response = await http.get(path)
         assert response.status_code == 200

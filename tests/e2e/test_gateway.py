@@ -7,6 +7,7 @@ import struct
 
 import grpc
 import httpx
+import pytest
 from energymesh.auth.v1 import auth_pb2, auth_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from services.launcher.mesh import Mesh
@@ -79,13 +80,11 @@ async def test_native_grpc_and_health_through_envoy(gateway_channel: grpc.aio.Ch
     assert response.status == health_pb2.HealthCheckResponse.SERVING
     jwks = await auth_pb2_grpc.AuthServiceStub(gateway_channel).GetJwks(auth_pb2.GetJwksRequest())
     assert jwks.keys
-    try:
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
         await auth_pb2_grpc.AuthServiceStub(gateway_channel).GetCurrentUser(
             auth_pb2.GetCurrentUserRequest()
         )
-        raise AssertionError("anonymous GetCurrentUser must fail")
-    except grpc.aio.AioRpcError as error:
-        assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
 async def test_grpc_web_for_browsers(http: httpx.AsyncClient) -> None:
