@@ -36,7 +36,7 @@ def signing_key(mesh: Mesh) -> tuple[str, Ed25519PrivateKey]:
 
 
 def claims_for(account: Account, **overrides: Any) -> dict[str, Any]:
-    now = int(time.time())
+    now = round(time.time(), 3)
     claims = {
         "iss": "energymesh",
         "aud": "energymesh",
@@ -44,7 +44,7 @@ def claims_for(account: Account, **overrides: Any) -> dict[str, Any]:
         "org": account.organization_id,
         "role": "admin",
         "iat": now,
-        "exp": now + 600,
+        "exp": int(now) + 600,
         "jti": str(uuid.uuid4()),
     }
     claims.update(overrides)

@@ -69,7 +69,7 @@ async def test_sigterm_drains_an_in_flight_call(mesh: Mesh, http: httpx.AsyncCli
         # Hold the user's row so the update below is in flight when SIGTERM arrives.
         await blocker.execute("SELECT 1 FROM auth.users WHERE id = %s FOR UPDATE", (target.user_id,))
         async with grpc.aio.insecure_channel(mesh.service_address("auth")) as channel:
-            update = asyncio.create_task(
+            update = asyncio.ensure_future(
                 auth_pb2_grpc.AuthServiceStub(channel).UpdateUser(
                     auth_pb2.UpdateUserRequest(
                         user=auth_pb2.User(user_id=target.user_id, display_name="Drained"),
