@@ -388,7 +388,7 @@ class AuthDomain:
             user = await repository.user_by_id(session, caller.user_id)
         if user is None or user.disabled or user.organization_id != caller.organization_id:
             raise Unauthenticated("the user of this token no longer exists or is disabled")
-        if caller.issued_at < int(user.tokens_valid_after.timestamp()):
+        if caller.issued_at < user.tokens_valid_after.timestamp():
             raise Unauthenticated("this token was revoked; sign in again")
         return Caller(
             user_id=user.id,

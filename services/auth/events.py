@@ -13,8 +13,7 @@ from google.protobuf import json_format, timestamp_pb2
 from nats.aio.msg import Msg
 
 from services.auth.models import AuditEvent, User
-from services.kernel.errors import InvalidArgument
-from services.kernel.messaging import Stream
+from services.kernel.messaging import PoisonMessage, Stream
 
 PASSWORD_RESET_REQUESTED = "auth.password_reset.requested"
 EMAIL_VERIFICATION_REQUESTED = "auth.email_verification.requested"
@@ -62,11 +61,11 @@ def audit_event_from_message(message: Msg) -> AuditEvent:
     try:
         json_format.Parse(message.data, proto, ignore_unknown_fields=True)
     except json_format.ParseError as error:
-        raise InvalidArgument([("payload", str(error))]) from error
+        raise PoisonMessage(f"not an AuditEvent: {error}") from error
     headers = message.headers or {}
     event_id = proto.event_id or headers.get("Nats-Msg-Id", "")
     if not event_id or not proto.organization_id or not proto.action:
-        raise InvalidArgument([("payload", "event_id, organization_id and action are required")])
+        raise PoisonMessage("event_id, organization_id and action are required")
     event_time = (
         proto.event_time.ToDatetime(tzinfo=UTC)
         if proto.HasField("event_time")

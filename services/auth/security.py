@@ -100,7 +100,9 @@ class AccessTokenIssuer:
     def issue(
         self, *, kid: str, key: Ed25519PrivateKey, user_id: str, organization_id: str, role: Role
     ) -> str:
-        now = int(time.time())
+        # Fractional iat, so a token issued just before a password reset in the same second
+        # is told apart from one issued just after it.
+        now = round(time.time(), 3)
         claims = {
             "iss": self.issuer,
             "aud": self.audience,
@@ -108,7 +110,7 @@ class AccessTokenIssuer:
             "org": organization_id,
             "role": role.value,
             "iat": now,
-            "exp": now + self.ttl_seconds,
+            "exp": int(now) + self.ttl_seconds,
             "jti": str(uuid.uuid4()),
         }
         return jwt.encode(

@@ -15,7 +15,7 @@ from services.auth.events import AUDIT_STREAM, AUTH_STREAM, audit_event_from_mes
 from services.auth.keys import Keyring
 from services.auth.models import OUTBOX
 from services.auth.servicer import ACCESS, AuthServicer
-from services.kernel.messaging import Consumer, PoisonMessage, run_consumer
+from services.kernel.messaging import Consumer, run_consumer
 from services.kernel.outbox import Outbox
 from services.kernel.server import Kernel, Registration, ServiceDefinition
 
@@ -33,11 +33,7 @@ async def setup(kernel: Kernel) -> Registration:
     domain = AuthDomain(config, kernel.database, outbox, keyring)
 
     async def store_audit_event(message: Msg) -> None:
-        try:
-            event = audit_event_from_message(message)
-        except ValueError as error:
-            raise PoisonMessage(str(error)) from error
-        await domain.store_audit_event(event)
+        await domain.store_audit_event(audit_event_from_message(message))
 
     audit_consumer = Consumer(
         stream=AUDIT_STREAM.name, durable="auth-audit", subject="audit.>", handler=store_audit_event

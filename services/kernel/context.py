@@ -25,7 +25,8 @@ class Caller:
     organization_id: str
     role: Role
     token_id: str
-    issued_at: int
+    # Seconds since the epoch, with millisecond precision (JWT NumericDate may be fractional).
+    issued_at: float
 
 
 @dataclass(frozen=True)

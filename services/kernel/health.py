@@ -13,6 +13,10 @@ from services.kernel.messaging import Messaging
 
 log = logging.getLogger(__name__)
 
+# Always SERVING while the process runs: for liveness probes, which must not restart a pod
+# because its database is down (readiness uses the service names instead).
+LIVENESS = "liveness"
+
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -52,6 +56,7 @@ class HealthMonitor:
         return serving
 
     async def run(self) -> None:
+        await self.servicer.set(LIVENESS, SERVING)
         for name in self._names:
             await self.servicer.set(name, NOT_SERVING)
         while True:

@@ -32,6 +32,8 @@ def run_env(metadata: MetaData) -> None:
     schema = config.attributes["schema"]
     engine = create_engine(config.get_main_option("sqlalchemy.url") or "")
     with engine.connect() as connection:
+        # Replicas starting together run migrations one at a time (released at disconnect).
+        connection.execute(text("SELECT pg_advisory_lock(hashtext(:schema))"), {"schema": schema})
         connection.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
         connection.commit()
         context.configure(

@@ -100,5 +100,5 @@ class TokenVerifier:
             organization_id=str(claims["org"]),
             role=role,
             token_id=str(claims["jti"]),
-            issued_at=int(claims["iat"]),
+            issued_at=float(claims["iat"]),
         )

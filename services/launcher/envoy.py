@@ -21,6 +21,7 @@ DASHBOARD_PATH = REPO_ROOT / "gateway" / "dashboard" / "index.html"
 DESCRIPTOR_PATH = REPO_ROOT / "gen" / "descriptor.binpb"
 
 MIB = 1024 * 1024
+HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 # Header naming the service a health or reflection call is for: every service serves those
 # same gRPC services, so the path alone cannot pick the upstream.
 SERVICE_HEADER = "energymesh-service"
@@ -100,7 +101,7 @@ def render(config: GatewayConfig) -> str:
         listen_address=_scalar(config.listen_address),
         listen_port=config.listen_port,
         connection_buffer_bytes=config.connection_buffer_bytes,
-        descriptor_path=_scalar(str(config.descriptor_path.resolve())),
+        descriptor_path=_scalar(str(config.descriptor_path.absolute())),
         max_request_bytes=config.max_request_bytes,
         max_response_bytes=config.max_response_bytes,
         # Headroom over the page itself; Envoy refuses bodies above this limit at load time.
@@ -162,8 +163,8 @@ def _cluster(upstream: Upstream, config: GatewayConfig) -> dict[str, object]:
         },
         # gRPC needs HTTP/2 to the upstream whatever the client spoke.
         "typed_extension_protocol_options": {
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            HTTP_PROTOCOL_OPTIONS: {
+                "@type": f"type.googleapis.com/{HTTP_PROTOCOL_OPTIONS}",
                 "explicit_http_config": {
                     "http2_protocol_options": {"max_concurrent_streams": 100000}
                 },

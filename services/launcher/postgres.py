@@ -10,13 +10,22 @@ import os
 import pwd
 import shutil
 import stat
-import time
+import warnings
 from pathlib import Path
 
 import psycopg
 from psycopg import sql
-from pgserver._commands import POSTGRES_BIN_PATH
-from pgserver.utils import ensure_folder_permissions, ensure_prefix_permissions, ensure_user_exists
+
+with warnings.catch_warnings():
+    # Importing pgserver computes a runtime directory we never use and warns when
+    # XDG_RUNTIME_DIR is unset (as under CI): the test suite turns warnings into errors.
+    warnings.simplefilter("ignore")
+    from pgserver._commands import POSTGRES_BIN_PATH
+    from pgserver.utils import (
+        ensure_folder_permissions,
+        ensure_prefix_permissions,
+        ensure_user_exists,
+    )
 
 SUPERUSER = "postgres"
 DATABASE = "energymesh"
@@ -43,7 +52,9 @@ def prepare_data_dir(pgdata: Path, user: str | None) -> bool:
         # Let the unprivileged user reach the data directory and the wheel's binaries.
         ensure_prefix_permissions(pgdata)
         ensure_prefix_permissions(POSTGRES_BIN_PATH)
-        ensure_folder_permissions(POSTGRES_BIN_PATH, stat.S_IRGRP | stat.S_IROTH | stat.S_IXGRP | stat.S_IXOTH)
+        ensure_folder_permissions(
+            POSTGRES_BIN_PATH, stat.S_IRGRP | stat.S_IROTH | stat.S_IXGRP | stat.S_IXOTH
+        )
         ensure_folder_permissions(POSTGRES_BIN_PATH.parent / "lib", stat.S_IRGRP | stat.S_IROTH)
         entry = pwd.getpwnam(user)
         if pgdata.stat().st_uid != entry.pw_uid:
@@ -83,17 +94,6 @@ def postgres_argv(pgdata: Path, port: int) -> list[str]:
 
 def url(port: int, database: str = DATABASE) -> str:
     return f"postgresql://{SUPERUSER}@127.0.0.1:{port}/{database}"
-
-
-def wait_ready(port: int, deadline: float) -> bool:
-    """Poll until postgres accepts connections; False if the deadline passes first."""
-    while time.monotonic() < deadline:
-        try:
-            with psycopg.connect(url(port, "postgres"), connect_timeout=2):
-                return True
-        except psycopg.OperationalError:
-            time.sleep(0.1)
-    return False
 
 
 def ensure_database(port: int, database: str = DATABASE) -> None:

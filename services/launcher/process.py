@@ -71,6 +71,7 @@ class Child:
         log_path: Path,
         echo: Echo | None = None,
         stop_signal: int = signal.SIGTERM,
+        death_signal: int = signal.SIGKILL,
         user: str | None = None,
         keep_lines: int = 5000,
     ) -> None:
@@ -82,11 +83,15 @@ class Child:
         self.echo = echo
         # SIGTERM drains a service; postgres needs SIGINT (SIGTERM waits for clients to leave).
         self.stop_signal = stop_signal
+        # Sent by the kernel if the launcher dies without stopping us (kill -9): SIGKILL unless
+        # the child is known to shut down cleanly and quickly on something gentler.
+        self.death_signal = death_signal
         self.user = user
         self.popen: subprocess.Popen[bytes] | None = None
         self._lines: deque[str] = deque(maxlen=keep_lines)
         self._lines_lock = threading.Lock()
         self._reader: threading.Thread | None = None
+        self._terminated = False
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -96,6 +101,7 @@ class Child:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self.popen = _spawn(self._popen)
+            self._terminated = False
         except OSError as error:
             raise ChildError(f"cannot start {self.name} ({self.argv[0]}): {error}") from error
         self._reader = threading.Thread(
@@ -115,7 +121,7 @@ class Child:
             # which then stops children in order; and the group lets us kill stragglers.
             start_new_session=True,
             user=self.user,
-            preexec_fn=_die_with_parent(self.stop_signal),
+            preexec_fn=_die_with_parent(self.death_signal),
         )
 
     def run(self, timeout: float) -> None:
@@ -145,13 +151,19 @@ class Child:
             with contextlib.suppress(ProcessLookupError):
                 self.popen.send_signal(sig)
 
+    def terminate(self) -> None:
+        """Send the stop signal once, without waiting (to stop several children in parallel)."""
+        if not self._terminated:
+            self._terminated = True
+            self.send(self.stop_signal)
+
     def stop(self, timeout: float) -> int | None:
         """Signal, wait up to `timeout`, then SIGKILL whatever is left of its process group."""
         popen = self.popen
         if popen is None:
             return None
         if popen.poll() is None:
-            self.send(self.stop_signal)
+            self.terminate()
             try:
                 popen.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -218,7 +230,9 @@ class Console:
     def __call__(self, name: str, line: str) -> None:
         label = name.ljust(self._width)
         if self._colour:
-            code = self._codes.setdefault(name, self._COLOURS[len(self._codes) % len(self._COLOURS)])
+            code = self._codes.setdefault(
+                name, self._COLOURS[len(self._codes) % len(self._COLOURS)]
+            )
             label = f"\033[{code}m{label}\033[0m"
         with self._lock:
             print(f"{label} | {line}", file=self._stream, flush=True)

@@ -3,7 +3,7 @@ PostgreSQL, nats-server, every service and Envoy, through the same launcher as `
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import random
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -13,6 +13,7 @@ import httpx
 import nats
 import pytest
 from nats.aio.client import Client
+from services.launcher.discovery import discover_services
 from services.launcher.mesh import Mesh, MeshConfig
 
 
@@ -68,6 +69,14 @@ async def nats_client(mesh: Mesh) -> AsyncIterator[Client]:
         await client.drain()
 
 
-@pytest.fixture(scope="session")
-def event_loop_policy() -> asyncio.AbstractEventLoopPolicy:
-    return asyncio.DefaultEventLoopPolicy()
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> object:
+    """On failure, attach the tail of every mesh component's log to the report."""
+    report = yield
+    mesh: Mesh | None = getattr(item, "funcargs", {}).get("mesh")
+    if report.failed and mesh is not None:
+        names = [info.name for info in discover_services()] + ["envoy"]
+        for name in names:
+            with contextlib.suppress(Exception):
+                report.sections.append((f"{name} log", "\n".join(mesh.logs(name)[-15:])))
+    return report

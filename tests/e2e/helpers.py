@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -108,7 +109,7 @@ def error_reason(response: httpx.Response) -> str:
 
 
 async def next_event(
-    nats_client: Client, subject: str, match: dict[str, Any], timeout: float = 15
+    nats_client: Client, subject: str, match: dict[str, Any], wait_seconds: float = 15
 ) -> dict[str, Any]:
     """The first event on a JetStream subject whose JSON payload contains `match`."""
     js = nats_client.jetstream()
@@ -116,11 +117,18 @@ async def next_event(
         subject, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
     )
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(wait_seconds):
             while True:
-                message = await subscription.next_msg(timeout=timeout)
+                message = await subscription.next_msg(timeout=wait_seconds)
                 payload: dict[str, Any] = json.loads(message.data)
                 if all(payload.get(key) == value for key, value in match.items()):
                     return payload
     finally:
         await subscription.unsubscribe()
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], wait_seconds: float = 20) -> None:
+    """Polls a condition of another process until it holds (events arrive asynchronously)."""
+    async with asyncio.timeout(wait_seconds):
+        while not await check():  # noqa: ASYNC110 - nothing local to wait on
+            await asyncio.sleep(0.1)

@@ -36,7 +36,7 @@ def signing_key(mesh: Mesh) -> tuple[str, Ed25519PrivateKey]:
 
 
 def claims_for(account: Account, **overrides: Any) -> dict[str, Any]:
-    now = int(time.time())
+    now = round(time.time(), 3)
     claims = {
         "iss": "energymesh",
         "aud": "energymesh",
@@ -44,7 +44,7 @@ def claims_for(account: Account, **overrides: Any) -> dict[str, Any]:
         "org": account.organization_id,
         "role": "admin",
         "iat": now,
-        "exp": now + 600,
+        "exp": int(now) + 600,
         "jti": str(uuid.uuid4()),
     }
     claims.update(overrides)
@@ -143,7 +143,7 @@ async def test_missing_or_malformed_authorization(
 
 
 async def test_jwks_is_published_at_both_paths(http: httpx.AsyncClient, mesh: Mesh) -> None:
-    kid, key = signing_key(mesh)
+    kid, _ = signing_key(mesh)
     for path in ("/v1/auth/jwks", "/.well-known/jwks.json"):
         response = await http.get(path)
         assert response.status_code == 200

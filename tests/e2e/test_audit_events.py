@@ -3,14 +3,13 @@ go to the dead-letter subject instead of blocking the consumer."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
 
 import httpx
 from nats.aio.client import Client
 
-from tests.e2e.helpers import Account, register
+from tests.e2e.helpers import Account, eventually, register
 
 
 async def audit_actions(http: httpx.AsyncClient, admin: Account) -> list[str]:
@@ -43,13 +42,14 @@ async def test_published_audit_events_are_stored_once(
     malformed = await js.publish("audit.devices.meter.created", b"{not json")
     assert malformed.seq > 0
 
-    async with asyncio.timeout(20):
-        while "devices.meter.created" not in await audit_actions(http, admin):
-            await asyncio.sleep(0.2)
-        dead = await js.subscribe("deadletter.audit.auth-audit", ordered_consumer=True)
-        letter = await dead.next_msg(timeout=20)
-        assert letter.data == b"{not json"
-        await dead.unsubscribe()
+    async def stored() -> bool:
+        return "devices.meter.created" in await audit_actions(http, admin)
+
+    await eventually(stored)
+    dead = await js.subscribe("deadletter.audit.auth-audit", ordered_consumer=True)
+    letter = await dead.next_msg(timeout=20)
+    assert letter.data == b"{not json"
+    await dead.unsubscribe()
     response = await http.get("/v1/audit-events?action_prefix=devices.", headers=admin.headers)
     stored = response.json()["auditEvents"]
     assert [e["eventId"] for e in stored] == [event_id]

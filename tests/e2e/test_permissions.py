@@ -1,5 +1,5 @@
 """The auth service's permission matrix: every RPC (enumerated from the descriptor, so a new
-RPC without a row fails here) × every kind of caller, over native gRPC through Envoy."""
+RPC without a row fails here) by every kind of caller, over native gRPC through Envoy."""
 
 from __future__ import annotations
 

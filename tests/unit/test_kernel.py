@@ -36,7 +36,8 @@ def test_trace_context_is_continued_or_started() -> None:
     assert trace.span_id != "b7ad6b7169203331"
     for bad in (None, "", "00-xyz-abc-01", "00-" + "0" * 32 + "-b7ad6b7169203331-01"):
         fresh = Trace.from_traceparent(bad)
-        assert len(fresh.trace_id) == 32 and fresh.trace_id != "0" * 32
+        assert len(fresh.trace_id) == 32
+        assert fresh.trace_id != "0" * 32
 
 
 def test_roles_are_nested_and_viewers_only_read() -> None:
