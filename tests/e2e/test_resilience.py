@@ -67,7 +67,9 @@ async def test_sigterm_drains_an_in_flight_call(mesh: Mesh, http: httpx.AsyncCli
     watcher = await psycopg.AsyncConnection.connect(mesh.database_url, autocommit=True)
     try:
         # Hold the user's row so the update below is in flight when SIGTERM arrives.
-        await blocker.execute("SELECT 1 FROM auth.users WHERE id = %s FOR UPDATE", (target.user_id,))
+        await blocker.execute(
+            "SELECT 1 FROM auth.users WHERE id = %s FOR UPDATE", (target.user_id,)
+        )
         async with grpc.aio.insecure_channel(mesh.service_address("auth")) as channel:
             update = asyncio.ensure_future(
                 auth_pb2_grpc.AuthServiceStub(channel).UpdateUser(

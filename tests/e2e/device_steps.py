@@ -1,0 +1,157 @@
+"""Shared steps for the devices service's end-to-end tests: sites, meters, tokens, readings."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+from nats.aio.client import Client
+from nats.js.api import DeliverPolicy
+
+from tests.e2e.helpers import Account
+
+
+def unique_serial(prefix: str = "SN") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10].upper()}"
+
+
+async def create_site(http: httpx.AsyncClient, account: Account, **fields: Any) -> dict[str, Any]:
+    body = {"name": "Headquarters", "timeZone": "Europe/Berlin", **fields}
+    response = await http.post("/v1/sites", headers=account.headers, json=body)
+    assert response.status_code == 200, response.text
+    site: dict[str, Any] = response.json()
+    return site
+
+
+def meter_body(site_id: str, **fields: Any) -> dict[str, Any]:
+    return {
+        "siteId": site_id,
+        "serialNumber": unique_serial(),
+        "name": "Main incomer",
+        "commodity": "COMMODITY_ELECTRICITY",
+        "unit": "kWh",
+        "registerType": "REGISTER_TYPE_CUMULATIVE",
+        "expectedInterval": "900s",
+        **fields,
+    }
+
+
+async def create_meter(
+    http: httpx.AsyncClient, account: Account, site_id: str, **fields: Any
+) -> dict[str, Any]:
+    response = await http.post(
+        "/v1/meters", headers=account.headers, json=meter_body(site_id, **fields)
+    )
+    assert response.status_code == 200, response.text
+    meter: dict[str, Any] = response.json()
+    return meter
+
+
+async def assign(http: httpx.AsyncClient, admin: Account, meter_id: str, user_id: str) -> None:
+    response = await http.post(
+        f"/v1/meters/{meter_id}/assignees", headers=admin.headers, json={"userId": user_id}
+    )
+    assert response.status_code == 200, response.text
+
+
+async def create_token(http: httpx.AsyncClient, admin: Account, meter_id: str) -> dict[str, Any]:
+    response = await http.post(
+        f"/v1/meters/{meter_id}/tokens", headers=admin.headers, json={"displayName": "logger"}
+    )
+    assert response.status_code == 200, response.text
+    created: dict[str, Any] = response.json()
+    return created
+
+
+async def list_all_meters(
+    http: httpx.AsyncClient, account: Account, query: str = "", page_size: int = 1000
+) -> list[dict[str, Any]]:
+    """Every page of GET /v1/meters?<query>."""
+    meters: list[dict[str, Any]] = []
+    token = ""
+    while True:
+        params = f"pageSize={page_size}&pageToken={token}" + (f"&{query}" if query else "")
+        response = await http.get(f"/v1/meters?{params}", headers=account.headers)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        meters.extend(body["meters"])
+        token = body["nextPageToken"]
+        if not token:
+            return meters
+
+
+def rfc3339(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+async def publish_readings(
+    nats_client: Client,
+    organization_id: str,
+    meter_id: str,
+    last_time: datetime,
+    *,
+    count: int = 4,
+) -> None:
+    """What the telemetry service publishes after it committed a batch of readings."""
+    payload = {
+        "organizationId": organization_id,
+        "meterId": meter_id,
+        "firstTime": rfc3339(last_time),
+        "lastTime": rfc3339(last_time),
+        "count": count,
+        "batchIds": [str(uuid.uuid4())],
+    }
+    await nats_client.jetstream().publish(
+        "telemetry.readings.committed",
+        json.dumps(payload).encode(),
+        headers={"Nats-Msg-Id": str(uuid.uuid4())},
+    )
+
+
+async def find_event(
+    nats_client: Client,
+    subject: str,
+    predicate: Callable[[dict[str, Any]], bool],
+    wait_seconds: float = 15,
+) -> dict[str, Any]:
+    """The first event on a JetStream subject (from the stream's start) matching predicate."""
+    js = nats_client.jetstream()
+    subscription = await js.subscribe(
+        subject, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
+    )
+    try:
+        async with asyncio.timeout(wait_seconds):
+            while True:
+                message = await subscription.next_msg(timeout=wait_seconds)
+                payload: dict[str, Any] = json.loads(message.data)
+                if predicate(payload):
+                    return payload
+    finally:
+        await subscription.unsubscribe()
+
+
+async def events_on(
+    nats_client: Client, subject: str, predicate: Callable[[dict[str, Any]], bool]
+) -> list[dict[str, Any]]:
+    """Every event stored so far on a subject matching predicate."""
+    js = nats_client.jetstream()
+    subscription = await js.subscribe(
+        subject, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
+    )
+    found: list[dict[str, Any]] = []
+    try:
+        while True:
+            try:
+                message = await subscription.next_msg(timeout=0.5)
+            except TimeoutError:
+                return found
+            payload: dict[str, Any] = json.loads(message.data)
+            if predicate(payload):
+                found.append(payload)
+    finally:
+        await subscription.unsubscribe()
