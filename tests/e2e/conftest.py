@@ -13,6 +13,7 @@ import httpx
 import nats
 import pytest
 from nats.aio.client import Client
+
 from services.launcher.discovery import discover_services
 from services.launcher.mesh import Mesh, MeshConfig
 

@@ -8,10 +8,10 @@ import signal
 import grpc
 import httpx
 import psycopg
+from energymesh.auth.v1 import auth_pb2, auth_pb2_grpc
 from google.protobuf import field_mask_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from energymesh.auth.v1 import auth_pb2, auth_pb2_grpc
 from services.launcher.mesh import Mesh
 from tests.e2e.helpers import add_user, eventually, register
 
