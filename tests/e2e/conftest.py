@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import random
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Generator, Iterator
 from pathlib import Path
 
 import grpc
@@ -13,6 +13,7 @@ import httpx
 import nats
 import pytest
 from nats.aio.client import Client
+
 from services.launcher.discovery import discover_services
 from services.launcher.mesh import Mesh, MeshConfig
 
@@ -70,7 +71,9 @@ async def nats_client(mesh: Mesh) -> AsyncIterator[Client]:
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> object:
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     """On failure, attach the tail of every mesh component's log to the report."""
     report = yield
     mesh: Mesh | None = getattr(item, "funcargs", {}).get("mesh")

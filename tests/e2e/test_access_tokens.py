@@ -17,9 +17,9 @@ import psycopg
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from services.launcher.mesh import Mesh
 
 from services.kernel.config import DEV_SECRET_DEFAULTS
+from services.launcher.mesh import Mesh
 from tests.e2e.helpers import Account, register
 
 

@@ -9,10 +9,10 @@ import struct
 import grpc
 import httpx
 import pytest
-from energymesh.auth.v1 import auth_pb2, auth_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from services.launcher.mesh import Mesh
 
+from energymesh.auth.v1 import auth_pb2, auth_pb2_grpc
+from services.launcher.mesh import Mesh
 from tests.e2e.helpers import register
 
 

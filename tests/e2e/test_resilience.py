@@ -35,14 +35,14 @@ async def test_health_follows_postgres(mesh: Mesh, http: httpx.AsyncClient) -> N
     try:
 
         async def not_serving() -> bool:
-            return await auth_health(mesh) == health_pb2.HealthCheckResponse.NOT_SERVING
+            return bool(await auth_health(mesh) == health_pb2.HealthCheckResponse.NOT_SERVING)
 
         await eventually(not_serving)
     finally:
         mesh.start_postgres()
 
     async def serving() -> bool:
-        return await auth_health(mesh) == health_pb2.HealthCheckResponse.SERVING
+        return bool(await auth_health(mesh) == health_pb2.HealthCheckResponse.SERVING)
 
     await eventually(serving, wait_seconds=30)
     await register(http)  # and it works again
@@ -67,7 +67,9 @@ async def test_sigterm_drains_an_in_flight_call(mesh: Mesh, http: httpx.AsyncCli
     watcher = await psycopg.AsyncConnection.connect(mesh.database_url, autocommit=True)
     try:
         # Hold the user's row so the update below is in flight when SIGTERM arrives.
-        await blocker.execute("SELECT 1 FROM auth.users WHERE id = %s FOR UPDATE", (target.user_id,))
+        await blocker.execute(
+            "SELECT 1 FROM auth.users WHERE id = %s FOR UPDATE", (target.user_id,)
+        )
         async with grpc.aio.insecure_channel(mesh.service_address("auth")) as channel:
             update = asyncio.ensure_future(
                 auth_pb2_grpc.AuthServiceStub(channel).UpdateUser(
@@ -92,6 +94,6 @@ async def test_sigterm_drains_an_in_flight_call(mesh: Mesh, http: httpx.AsyncCli
         mesh.restart_service("auth")
 
     async def serving() -> bool:
-        return await auth_health(mesh) == health_pb2.HealthCheckResponse.SERVING
+        return bool(await auth_health(mesh) == health_pb2.HealthCheckResponse.SERVING)
 
     await eventually(serving, wait_seconds=30)
