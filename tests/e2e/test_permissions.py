@@ -30,7 +30,7 @@ class World:
 
 
 Metadata = tuple[tuple[str, str], ...]
-Call = Callable[[auth_pb2_grpc.AuthServiceAsyncStub, World, Metadata], Awaitable[object]]
+Call = Callable[["auth_pb2_grpc.AuthServiceAsyncStub", World, Metadata], Awaitable[object]]
 
 
 async def fresh_user(world: World) -> str:
