@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import random
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Generator, Iterator
 from pathlib import Path
 
@@ -19,14 +21,17 @@ from services.launcher.mesh import Mesh, MeshConfig
 
 
 @pytest.fixture(scope="session")
-def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
-    data_dir: Path = tmp_path_factory.mktemp("energymesh")
+def mesh() -> Iterator[Mesh]:
+    # Not pytest's tmp_path: each pytest start makes /tmp/pytest-of-<user> private (0700),
+    # which would lock out the unprivileged user PostgreSQL runs as.
+    data_dir = Path(tempfile.mkdtemp(prefix="energymesh-test-"))
     running = Mesh(MeshConfig.for_tests(data_dir))
     running.start()
     try:
         yield running
     finally:
         running.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def loopback_address() -> str:
