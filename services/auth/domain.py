@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.auth import events, repository
 from services.auth.config import AuthConfig
-from services.auth.keys import Keyring
+from services.auth.keys import ActiveKey, Keyring
 from services.auth.models import (
     AuditEvent,
     LoginAttempt,
@@ -53,7 +53,6 @@ log = logging.getLogger(__name__)
 PASSWORD_RESET = "password_reset"
 EMAIL_VERIFICATION = "email_verification"
 MIN_PASSWORD, MAX_PASSWORD = 10, 256
-UPDATABLE_FIELDS = frozenset({"display_name", "role", "disabled"})
 
 
 @dataclass(frozen=True)
@@ -138,6 +137,7 @@ class AuthDomain:
         check_text(violations, "organization_name", organization_name, 200)
         violations.raise_if_any()
         password_hash = await hash_password(password)
+        key = await self.keyring.active()
         try:
             async with self.database.transaction() as session:
                 organization = Organization(name=organization_name.strip())
@@ -155,7 +155,7 @@ class AuthDomain:
                 await session.flush()
                 await self._request_verification(session, user)
                 self._audit(session, user.organization_id, user.id, "auth.user.registered", user)
-                result = await self._start_session(session, user)
+                result = await self._start_session(session, user, key)
         except IntegrityError:
             raise AlreadyExists(
                 "an account with this email already exists", metadata={"field": "email"}
@@ -170,35 +170,35 @@ class AuthDomain:
         violations.raise_if_any()
         key, address = email_key(email), current_client_address.get()
         async with self.database.transaction() as session:
+            # Serialise attempts per account and per address, and count this one as failed
+            # before the password is checked: parallel guesses cannot slip past the limit.
+            for scope in (f"account:{key}", f"address:{address}"):
+                await repository.lock_key(session, scope)
             await self._check_throttle(session, key, address)
+            attempt = LoginAttempt(email_key=key, client_address=address, succeeded=False)
+            session.add(attempt)
             user = await repository.user_by_email(session, key)
         password_ok = await verify_password(user.password_hash if user else None, password)
-        failure: DomainError | None = None
-        async with self.database.transaction() as session:
-            succeeded = user is not None and password_ok and not user.disabled
-            session.add(LoginAttempt(email_key=key, client_address=address, succeeded=succeeded))
-            org = user.organization_id if user else ""
-            if user is None or not succeeded:
+        if user is None or not password_ok or user.disabled:
+            async with self.database.transaction() as session:
                 reason = "disabled" if user and password_ok else "bad_credentials"
+                org = user.organization_id if user else ""
                 self._audit(
                     session, org, "", "auth.login.failed", user, {"email": key, "reason": reason}
                 )
-                failure = Unauthenticated(
-                    "this account is disabled"
-                    if reason == "disabled"
-                    else "invalid email or password"
-                )
-            else:
-                self._audit(session, org, user.id, "auth.login.succeeded", user)
-                result = await self._start_session(session, user)
-        if failure is not None:
-            raise failure
-        return result
+            # One message for every failure, so it does not tell a right password apart.
+            raise Unauthenticated("invalid email or password, or the account is disabled")
+        signing_key = await self.keyring.active()
+        async with self.database.transaction() as session:
+            await repository.mark_attempt_succeeded(session, attempt.id)
+            self._audit(session, user.organization_id, user.id, "auth.login.succeeded", user)
+            return await self._start_session(session, user, signing_key)
 
     async def refresh(self, refresh_token: str) -> Session:
         if not refresh_token:
             raise InvalidArgument([("refresh_token", "is required")])
         failure: DomainError | None = None
+        key = await self.keyring.active()
         async with self.database.transaction() as session:
             stored = await repository.refresh_token_by_hash(session, token_hash(refresh_token))
             user = await repository.user_by_id(session, stored.user_id) if stored else None
@@ -221,10 +221,10 @@ class AuthDomain:
             elif stored.expire_time <= moment:
                 failure = Unauthenticated("refresh token expired")
             elif user.disabled:
-                failure = Unauthenticated("this account is disabled")
+                failure = Unauthenticated("refresh token is not valid")
             else:
                 stored.use_time = moment
-                result = await self._start_session(session, user, family_id=stored.family_id)
+                result = await self._start_session(session, user, key, stored.family_id)
         if failure is not None:
             raise failure
         return result
@@ -242,8 +242,10 @@ class AuthDomain:
                 self._audit(session, user.organization_id, user.id, "auth.logout", user)
 
     async def _start_session(
-        self, session: AsyncSession, user: User, family_id: str | None = None
+        self, session: AsyncSession, user: User, key: ActiveKey, family_id: str | None = None
     ) -> Session:
+        """Adds a refresh token to the session's family and signs an access token. The key is
+        fetched by the caller before its transaction, so no connection waits on the keyring."""
         refresh = new_opaque_token()
         session.add(
             RefreshToken(
@@ -253,7 +255,6 @@ class AuthDomain:
                 expire_time=now() + timedelta(seconds=self.config.refresh_token_ttl_seconds),
             )
         )
-        key = await self.keyring.active()
         access = self.issuer.issue(
             kid=key.kid,
             key=key.private_key,
@@ -472,6 +473,9 @@ class AuthDomain:
             check_text(violations, "user.display_name", changes.display_name, 100)
             violations.raise_if_any()
         async with self.database.transaction() as session:
+            # Admins first, then the target: the same order as delete_user and _keep_an_admin,
+            # so two admins demoting each other queue instead of deadlocking.
+            await repository.lock_active_admins(session, caller.organization_id)
             user = await self._visible_user(session, caller, user_id, lock=True)
             touches_access = changes.role is not None or changes.disabled is not None
             if (touches_access or user.id != caller.user_id) and not has_permission(
@@ -522,6 +526,7 @@ class AuthDomain:
 
     async def delete_user(self, caller: Caller, user_id: str) -> None:
         async with self.database.transaction() as session:
+            await repository.lock_active_admins(session, caller.organization_id)
             user = await self._visible_user(session, caller, user_id, lock=True)
             if user.role == Role.ADMIN.value and not user.disabled:
                 await self._keep_an_admin(session, user)

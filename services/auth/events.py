@@ -18,7 +18,9 @@ from services.kernel.messaging import PoisonMessage, Stream
 PASSWORD_RESET_REQUESTED = "auth.password_reset.requested"
 EMAIL_VERIFICATION_REQUESTED = "auth.email_verification.requested"
 
-AUTH_STREAM = Stream("AUTH", ("auth.>",))
+# Kept one day: its events carry reset and verification links, which must not outlive the
+# notification service's need for them.
+AUTH_STREAM = Stream("AUTH", ("auth.>",), max_age_seconds=86400)
 AUDIT_STREAM = Stream("AUDIT", ("audit.>",), max_age_seconds=30 * 86400)
 
 

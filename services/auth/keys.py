@@ -45,18 +45,27 @@ class Keyring:
         self._rotation = rotation
         self._token_ttl = token_ttl
         self._active: ActiveKey | None = None
+        # One reload at a time; concurrent callers wait for it rather than each opening a
+        # connection.
+        self._reload = asyncio.Lock()
 
     async def active(self) -> ActiveKey:
         """The key that signs new tokens, rotated once it is older than the rotation period."""
         key = self._active
-        if (
-            key is None
-            or datetime.now(UTC) - key.create_time >= self._rotation
+        if key is not None and not self._stale(key):
+            return key
+        async with self._reload:
+            key = self._active
+            if key is None or self._stale(key):
+                key = await self._load_or_rotate()
+                self._active = key
+            return key
+
+    def _stale(self, key: ActiveKey) -> bool:
+        return (
+            datetime.now(UTC) - key.create_time >= self._rotation
             or time.monotonic() - key.loaded_at >= RELOAD_SECONDS
-        ):
-            key = await self._load_or_rotate()
-            self._active = key
-        return key
+        )
 
     async def rotate(self) -> ActiveKey:
         """Retire the current key now and start signing with a new one."""

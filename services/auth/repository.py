@@ -11,6 +11,17 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.auth.models import AuditEvent, LoginAttempt, OneTimeToken, RefreshToken, User
 
 
+async def lock_key(session: AsyncSession, name: str) -> None:
+    """A transaction-scoped advisory lock on an arbitrary name."""
+    await session.execute(select(func.pg_advisory_xact_lock(func.hashtext(name))))
+
+
+async def mark_attempt_succeeded(session: AsyncSession, attempt_id: str) -> None:
+    await session.execute(
+        update(LoginAttempt).where(LoginAttempt.id == attempt_id).values(succeeded=True)
+    )
+
+
 async def user_by_id(session: AsyncSession, user_id: str, *, lock: bool = False) -> User | None:
     query = select(User).where(User.id == user_id)
     if lock:

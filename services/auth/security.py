@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import math
 import secrets
 import time
 import uuid
@@ -102,7 +103,7 @@ class AccessTokenIssuer:
     ) -> str:
         # Fractional iat, so a token issued just before a password reset in the same second
         # is told apart from one issued just after it.
-        now = round(time.time(), 3)
+        now = math.floor(time.time() * 1000) / 1000
         claims = {
             "iss": self.issuer,
             "aud": self.audience,

@@ -7,4 +7,5 @@ SERVICE_INFO = ServiceInfo(
     grpc_services=("energymesh.devices.v1.DeviceService",),
     default_port=50052,
     order=10,
+    internal_methods=("/energymesh.devices.v1.DeviceService/AuthenticateCredential",),
 )

@@ -9,13 +9,18 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 
-from sqlalchemy import text
+from sqlalchemy import exc, text
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
     create_async_engine,
 )
+
+from services.kernel.errors import Aborted, DomainError, Unavailable
+
+# SQLSTATEs meaning "a concurrent transaction won; the same request may succeed if retried".
+RETRYABLE_SQLSTATES = {"40001", "40P01"}  # serialization_failure, deadlock_detected
 
 
 def sqlalchemy_url(database_url: str) -> str:
@@ -54,3 +59,16 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+def database_error(error: BaseException) -> DomainError | None:
+    """The client-facing form of a database failure that is not a bug: a lost race is
+    ABORTED (retry the read-modify-write), an unreachable database is UNAVAILABLE."""
+    if isinstance(error, exc.DBAPIError):
+        if getattr(error.orig, "sqlstate", None) in RETRYABLE_SQLSTATES:
+            return Aborted("a concurrent change won; retry")
+        if error.connection_invalidated or isinstance(error, exc.OperationalError):
+            return Unavailable("the database is unavailable; retry later")
+    if isinstance(error, exc.TimeoutError):  # no pooled connection came free in time
+        return Unavailable("the database is busy; retry later")
+    return None

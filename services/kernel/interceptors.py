@@ -28,6 +28,7 @@ from services.kernel.context import (
     current_method,
     current_trace,
 )
+from services.kernel.database import database_error
 from services.kernel.errors import DomainError, Unauthenticated, internal_status
 from services.kernel.permissions import Permission, require
 from services.kernel.tokens import TokenVerifier
@@ -104,10 +105,7 @@ class KernelInterceptor(grpc.aio.ServerInterceptor):
             yield
         except DomainError as error:
             code = error.code
-            status = rpc_status.to_status(error.to_status())
-            await context.abort(
-                status.code, status.details, (*status.trailing_metadata, *error.trailing_metadata())
-            )
+            await _abort(context, error)
         except grpc.aio.AbortError:
             code = context.code() or grpc.StatusCode.UNKNOWN
             raise
@@ -115,6 +113,11 @@ class KernelInterceptor(grpc.aio.ServerInterceptor):
             if not isinstance(error, Exception):  # cancellation, shutdown: not ours to map
                 code = grpc.StatusCode.CANCELLED
                 raise
+            known = database_error(error)
+            if known is not None:
+                code = known.code
+                log.warning("%s: %s (%s)", method, known.message, error.__class__.__name__)
+                await _abort(context, known)
             code = grpc.StatusCode.INTERNAL
             log.exception("unhandled error in %s", method)
             status = rpc_status.to_status(internal_status(trace.trace_id))
@@ -143,6 +146,13 @@ class KernelInterceptor(grpc.aio.ServerInterceptor):
             verified = await self._caller_check(verified)
         current_caller.set(verified)
         require(verified, permission)
+
+
+async def _abort(context: grpc.aio.ServicerContext[Any, Any], error: DomainError) -> None:
+    status = rpc_status.to_status(error.to_status())
+    await context.abort(
+        status.code, status.details, (*status.trailing_metadata, *error.trailing_metadata())
+    )
 
 
 Scope = Callable[[grpc.aio.ServicerContext[Any, Any]], contextlib.AbstractAsyncContextManager[Any]]

@@ -59,6 +59,7 @@ class Messaging:
     async def run(self) -> None:
         """Connects (retrying) and declares streams; returns once connected."""
         while self._client is None:
+            client: Client | None = None
             try:
                 client = await nats.connect(
                     self._url,
@@ -72,7 +73,10 @@ class Messaging:
                 await declare_streams(client.jetstream(), self._streams)
                 self._client = client
             except Exception as exc:
-                log.warning("NATS not reachable yet (%s); retrying", exc)
+                log.warning("NATS not ready (%s); retrying", exc)
+                if client is not None:  # connected, but the streams failed: do not leak it
+                    with contextlib.suppress(Exception):
+                        await client.close()
                 await asyncio.sleep(1)
         self._ready.set()
 
@@ -129,8 +133,19 @@ class Consumer:
 async def run_consumer(messaging: Messaging, consumer: Consumer) -> None:
     """Fetches and handles messages forever. A message is acked only after its handler
     returns (handlers commit their side effects and must be idempotent: delivery is
-    at-least-once). A message that keeps failing goes to the dead-letter subject."""
+    at-least-once). A message that keeps failing goes to the dead-letter subject. NATS
+    errors outside the handler (a lost connection, a failed ack) restart the loop: an
+    unacked message is simply redelivered."""
     await messaging.wait_ready()
+    while True:
+        try:
+            await _consume(messaging, consumer)
+        except Exception:
+            log.exception("consumer %s failed; restarting", consumer.durable)
+            await asyncio.sleep(1)
+
+
+async def _consume(messaging: Messaging, consumer: Consumer) -> None:
     js = messaging.jetstream
     config = ConsumerConfig(
         durable_name=consumer.durable,

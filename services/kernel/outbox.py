@@ -9,7 +9,6 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from datetime import UTC, datetime, timedelta
 
 from google.protobuf import json_format
 from google.protobuf.message import Message
@@ -24,7 +23,6 @@ from sqlalchemy import (
     delete,
     func,
     select,
-    update,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -34,8 +32,6 @@ from services.kernel.database import Database
 from services.kernel.messaging import Messaging
 
 log = logging.getLogger(__name__)
-
-KEEP_PUBLISHED = timedelta(days=1)
 
 
 def outbox_table(metadata: MetaData) -> Table:
@@ -123,18 +119,11 @@ class Outbox:
                 )
             ).all()
             if not rows:
-                await self._forget_published(session)
                 return 0
             js = self._messaging.jetstream
             for row in rows:
                 await js.publish(row.subject, row.payload, headers=row.headers, timeout=5)
-            await session.execute(
-                update(table)
-                .where(table.c.id.in_([row.id for row in rows]))
-                .values(publish_time=func.now())
-            )
+            # Published rows are deleted, not kept: payloads may carry secrets (reset links)
+            # that must not linger in the database. JetStream now holds the event.
+            await session.execute(delete(table).where(table.c.id.in_([row.id for row in rows])))
         return len(rows)
-
-    async def _forget_published(self, session: AsyncSession) -> None:
-        cutoff = datetime.now(UTC) - KEEP_PUBLISHED
-        await session.execute(delete(self._table).where(self._table.c.publish_time < cutoff))

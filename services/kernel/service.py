@@ -19,3 +19,6 @@ class ServiceInfo:
     default_port: int
     # Start order: lower first. Auth comes first because the others fetch its JWKS.
     order: int = 100
+    # Methods ("/pkg.Service/Method") only other services call: the gateway does not route
+    # them, so they are reachable inside the mesh only.
+    internal_methods: tuple[str, ...] = ()

@@ -26,17 +26,22 @@ JwksFetcher = Callable[[], Awaitable[Mapping[str, Any]]]
 
 
 class KeySet:
-    """Caches public keys by kid; refetches on an unknown kid, at most once per interval."""
+    """Caches public keys by kid; refetches on an unknown kid (at most once per
+    `min_refetch_seconds`) and every `max_age_seconds`, so a key withdrawn from the JWKS
+    stops being trusted."""
 
-    def __init__(self, fetch: JwksFetcher, min_refetch_seconds: float = 5.0) -> None:
+    def __init__(
+        self, fetch: JwksFetcher, min_refetch_seconds: float = 5.0, max_age_seconds: float = 300.0
+    ) -> None:
         self._fetch = fetch
         self._keys: dict[str, Ed25519PublicKey] = {}
         self._last_fetch = float("-inf")
         self._min_refetch = min_refetch_seconds
+        self._max_age = max_age_seconds
         self._lock = asyncio.Lock()
 
     async def key(self, kid: str) -> Ed25519PublicKey | None:
-        if kid not in self._keys:
+        if kid not in self._keys or time.monotonic() - self._last_fetch > self._max_age:
             await self._refresh()
         return self._keys.get(kid)
 

@@ -117,13 +117,19 @@ def render_envoy(args: argparse.Namespace) -> str:
     unknown = set(overrides) - {info.name for info in services}
     if unknown:
         raise SystemExit(f"--upstream names unknown services: {sorted(unknown)}")
+    addresses = {
+        info.name: overrides.get(
+            info.name, (args.upstream_host.format(name=info.name), info.default_port)
+        )
+        for info in services
+    }
     upstreams = tuple(
         Upstream(
             info.name,
             info.grpc_services,
-            *overrides.get(
-                info.name, (args.upstream_host.format(name=info.name), info.default_port)
-            ),
+            host=addresses[info.name][0],
+            port=addresses[info.name][1],
+            internal_methods=info.internal_methods,
         )
         for info in services
     )

@@ -60,6 +60,8 @@ class Upstream:
     # 127.0.0.1 locally; the Kubernetes service DNS name in a cluster.
     host: str
     port: int
+    # Methods the gateway refuses (404): callable only from inside the mesh.
+    internal_methods: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -118,7 +120,13 @@ def render(config: GatewayConfig) -> str:
 
 
 def _routes(upstreams: Sequence[Upstream], default: str) -> list[dict[str, object]]:
+    # Internal methods first: answered 404 here, never forwarded.
     routes: list[dict[str, object]] = [
+        {"match": {"path": method}, "direct_response": {"status": 404}}
+        for upstream in upstreams
+        for method in upstream.internal_methods
+    ]
+    routes += [
         _route({"prefix": f"/{grpc_service}/"}, upstream.name)
         for upstream in upstreams
         for grpc_service in upstream.grpc_services

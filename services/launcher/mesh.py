@@ -188,7 +188,10 @@ class Mesh:
             raise
 
     def stop(self) -> None:
-        """Stop everything: services first (drain), then Envoy, NATS and postgres. Idempotent."""
+        """Stop everything: Envoy first (no new requests), then the services (they drain),
+        NATS and postgres. Idempotent."""
+        if "envoy" in self._children:
+            self._children["envoy"].stop(timeout=10)
         grace = float(self._env_value("SHUTDOWN_GRACE_SECONDS", "10")) + 5
         services = [
             self._children[info.name]
@@ -348,7 +351,13 @@ class Mesh:
     def gateway_config(self) -> GatewayConfig:
         return GatewayConfig(
             upstreams=tuple(
-                Upstream(info.name, info.grpc_services, "127.0.0.1", self.ports[info.name])
+                Upstream(
+                    info.name,
+                    info.grpc_services,
+                    "127.0.0.1",
+                    self.ports[info.name],
+                    info.internal_methods,
+                )
                 for info in self.services
             ),
             descriptor_path=self.config.descriptor_path,

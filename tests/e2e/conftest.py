@@ -67,6 +67,13 @@ async def auth_channel(mesh: Mesh) -> AsyncIterator[grpc.aio.Channel]:
 
 
 @pytest.fixture(scope="session")
+async def devices_channel(mesh: Mesh) -> AsyncIterator[grpc.aio.Channel]:
+    """Straight to the devices service, as telemetry calls its internal methods."""
+    async with grpc.aio.insecure_channel(mesh.service_address("devices")) as channel:
+        yield channel
+
+
+@pytest.fixture(scope="session")
 async def nats_client(mesh: Mesh) -> AsyncIterator[Client]:
     client = await nats.connect(mesh.nats_url)
     try:

@@ -40,7 +40,7 @@ async def refused(channel: grpc.aio.Channel, credential: str) -> grpc.StatusCode
 
 
 async def test_meter_token_is_shown_once_and_revocation_is_immediate(
-    http: httpx.AsyncClient, gateway_channel: grpc.aio.Channel, nats_client: Client
+    http: httpx.AsyncClient, devices_channel: grpc.aio.Channel, nats_client: Client
 ) -> None:
     admin = await register(http)
     site = await create_site(http, admin)
@@ -54,7 +54,7 @@ async def test_meter_token_is_shown_once_and_revocation_is_immediate(
     assert listed.json()["meterTokens"][0]["tokenId"] == token["tokenId"]
     assert secret not in listed.text
 
-    found = await authenticate(gateway_channel, secret)
+    found = await authenticate(devices_channel, secret)
     assert found.kind == KIND.KIND_METER_TOKEN
     assert found.organization_id == admin.organization_id
     assert list(found.meter_ids) == [meter["meterId"]]
@@ -64,17 +64,17 @@ async def test_meter_token_is_shown_once_and_revocation_is_immediate(
 
     # A guessed secret with a real prefix, a malformed one, an empty one.
     assert (
-        await refused(gateway_channel, token["prefix"] + "_guess")
+        await refused(devices_channel, token["prefix"] + "_guess")
         == grpc.StatusCode.UNAUTHENTICATED
     )
-    assert await refused(gateway_channel, "emt_nonsense") == grpc.StatusCode.UNAUTHENTICATED
-    assert await refused(gateway_channel, "") == grpc.StatusCode.INVALID_ARGUMENT
+    assert await refused(devices_channel, "emt_nonsense") == grpc.StatusCode.UNAUTHENTICATED
+    assert await refused(devices_channel, "") == grpc.StatusCode.INVALID_ARGUMENT
 
     revoked = await http.delete(
         f"/v1/meters/{meter['meterId']}/tokens/{token['tokenId']}", headers=admin.headers
     )
     assert revoked.status_code == 200, revoked.text
-    assert await refused(gateway_channel, secret) == grpc.StatusCode.UNAUTHENTICATED
+    assert await refused(devices_channel, secret) == grpc.StatusCode.UNAUTHENTICATED
     listed = await http.get(f"/v1/meters/{meter['meterId']}/tokens", headers=admin.headers)
     assert listed.json()["meterTokens"] == []
     again = await http.delete(
@@ -91,7 +91,7 @@ async def test_meter_token_is_shown_once_and_revocation_is_immediate(
 
 
 async def test_tokens_expire_and_die_with_their_meter(
-    http: httpx.AsyncClient, gateway_channel: grpc.aio.Channel
+    http: httpx.AsyncClient, devices_channel: grpc.aio.Channel
 ) -> None:
     admin = await register(http)
     site = await create_site(http, admin)
@@ -102,14 +102,14 @@ async def test_tokens_expire_and_die_with_their_meter(
     assert expired.status_code == 400
     soon = rfc3339(datetime.now(UTC) + timedelta(days=1))
     created = (await http.post(url, headers=admin.headers, json={"expireTime": soon})).json()
-    assert (await authenticate(gateway_channel, created["token"])).HasField("expire_time")
+    assert (await authenticate(devices_channel, created["token"])).HasField("expire_time")
 
     await http.delete(f"/v1/meters/{meter['meterId']}", headers=admin.headers)
-    assert await refused(gateway_channel, created["token"]) == grpc.StatusCode.UNAUTHENTICATED
+    assert await refused(devices_channel, created["token"]) == grpc.StatusCode.UNAUTHENTICATED
 
 
 async def test_ingest_keys_cover_their_organization_or_site(
-    http: httpx.AsyncClient, gateway_channel: grpc.aio.Channel
+    http: httpx.AsyncClient, devices_channel: grpc.aio.Channel
 ) -> None:
     admin = await register(http)
     north, south = await create_site(http, admin), await create_site(http, admin, name="South")
@@ -132,11 +132,11 @@ async def test_ingest_keys_cover_their_organization_or_site(
         )
     ).json()
 
-    found = await authenticate(gateway_channel, org_key["key"])
+    found = await authenticate(devices_channel, org_key["key"])
     assert found.kind == KIND.KIND_INGEST_KEY
     assert set(found.meter_ids) == {on_north["meterId"], on_south["meterId"]}
     assert found.site_id == ""
-    scoped = await authenticate(gateway_channel, site_key["key"])
+    scoped = await authenticate(devices_channel, site_key["key"])
     assert list(scoped.meter_ids) == [on_south["meterId"]]
     assert scoped.site_id == south["siteId"]
 
@@ -149,12 +149,12 @@ async def test_ingest_keys_cover_their_organization_or_site(
     # Deleting the site (once its meters are gone) revokes the keys restricted to it.
     await http.delete(f"/v1/meters/{on_south['meterId']}", headers=admin.headers)
     assert (await http.delete(f"/v1/sites/{south['siteId']}", headers=admin.headers)).is_success
-    assert await refused(gateway_channel, site_key["key"]) == grpc.StatusCode.UNAUTHENTICATED
+    assert await refused(devices_channel, site_key["key"]) == grpc.StatusCode.UNAUTHENTICATED
     deleted = await http.delete(
         f"/v1/ingest-keys/{org_key['ingestKey']['ingestKeyId']}", headers=admin.headers
     )
     assert deleted.status_code == 200
-    assert await refused(gateway_channel, org_key["key"]) == grpc.StatusCode.UNAUTHENTICATED
+    assert await refused(devices_channel, org_key["key"]) == grpc.StatusCode.UNAUTHENTICATED
     assert (await http.get("/v1/ingest-keys", headers=admin.headers)).json()["ingestKeys"] == []
 
 
@@ -172,7 +172,7 @@ async def test_credentials_are_not_reachable_over_rest(http: httpx.AsyncClient) 
     reason="the telemetry service does not exist yet; it calls AuthenticateCredential per stream",
 )
 async def test_revoked_token_cannot_open_a_stream(
-    http: httpx.AsyncClient, gateway_channel: grpc.aio.Channel
+    http: httpx.AsyncClient, devices_channel: grpc.aio.Channel
 ) -> None:
     """Ready for telemetry: a revoked meter token must be refused when a stream opens.
     Until telemetry exists the gate it will rely on, AuthenticateCredential, is what runs."""
@@ -184,5 +184,5 @@ async def test_revoked_token_cannot_open_a_stream(
         f"/v1/meters/{meter['meterId']}/tokens/{created['meterToken']['tokenId']}",
         headers=admin.headers,
     )
-    assert await refused(gateway_channel, created["token"]) == grpc.StatusCode.UNAUTHENTICATED
+    assert await refused(devices_channel, created["token"]) == grpc.StatusCode.UNAUTHENTICATED
     pytest.fail("open a telemetry stream with the revoked token and expect UNAUTHENTICATED")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 
 from services.launcher.mesh import Mesh
@@ -33,3 +35,13 @@ async def test_twenty_failures_from_one_address_block_it(mesh: Mesh) -> None:
             assert (await login(attacker, unique_email(), "wrong password!")).status_code == 401
         assert_throttled(await login(attacker, account.email))
         assert (await login(other, account.email)).status_code == 200
+
+
+async def test_parallel_guesses_cannot_slip_past_the_limit(http: httpx.AsyncClient) -> None:
+    victim = await register(http)
+    answers = await asyncio.gather(
+        *(login(http, victim.email, "wrong password!") for _ in range(30))
+    )
+    codes = [answer.status_code for answer in answers]
+    assert codes.count(401) == 5
+    assert codes.count(429) == 25
