@@ -84,9 +84,13 @@ class User(_message.Message):
     email_verified: _builtins.bool
     """Whether the address was confirmed through a verification link."""
     @_builtins.property
-    def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When the user was created."""
+
     @_builtins.property
-    def update_time(self) -> _timestamp_pb2.Timestamp: ...
+    def update_time(self) -> _timestamp_pb2.Timestamp:
+        """When the user was last changed."""
+
     def __init__(
         self,
         *,
@@ -185,7 +189,9 @@ class LoginRequest(_message.Message):
     EMAIL_FIELD_NUMBER: _builtins.int
     PASSWORD_FIELD_NUMBER: _builtins.int
     email: _builtins.str
+    """Sign-in address, compared case-insensitively."""
     password: _builtins.str
+    """The account's password."""
     def __init__(
         self,
         *,
@@ -238,6 +244,7 @@ class RefreshTokenRequest(_message.Message):
 
     REFRESH_TOKEN_FIELD_NUMBER: _builtins.int
     refresh_token: _builtins.str
+    """The refresh token of the last Login, Register or RefreshToken answer."""
     def __init__(
         self,
         *,
@@ -260,10 +267,13 @@ class RefreshTokenResponse(_message.Message):
     TOKEN_TYPE_FIELD_NUMBER: _builtins.int
     EXPIRES_IN_FIELD_NUMBER: _builtins.int
     access_token: _builtins.str
+    """Signed JWT (typ at+jwt, EdDSA), valid for expires_in seconds."""
     refresh_token: _builtins.str
     """Replaces the token presented, which is now spent."""
     token_type: _builtins.str
+    """Always "Bearer"."""
     expires_in: _builtins.int
+    """Lifetime of access_token in seconds."""
     def __init__(
         self,
         *,
@@ -286,6 +296,7 @@ class LogoutRequest(_message.Message):
 
     REFRESH_TOKEN_FIELD_NUMBER: _builtins.int
     refresh_token: _builtins.str
+    """Any refresh token of the session to end."""
     def __init__(
         self,
         *,
@@ -320,6 +331,7 @@ class RequestPasswordResetRequest(_message.Message):
 
     EMAIL_FIELD_NUMBER: _builtins.int
     email: _builtins.str
+    """Sign-in address of the account."""
     def __init__(
         self,
         *,
@@ -355,7 +367,9 @@ class ResetPasswordRequest(_message.Message):
     TOKEN_FIELD_NUMBER: _builtins.int
     NEW_PASSWORD_FIELD_NUMBER: _builtins.int
     token: _builtins.str
-    """Token from the reset email; single use, expires after one hour."""
+    """Token from the reset or invitation email; single use, expires after
+    AUTH_PASSWORD_RESET_TTL_SECONDS (AUTH_INVITATION_TTL_SECONDS for invitations).
+    """
     new_password: _builtins.str
     """At least 10 and at most 256 characters."""
     def __init__(
@@ -393,7 +407,9 @@ class VerifyEmailRequest(_message.Message):
 
     TOKEN_FIELD_NUMBER: _builtins.int
     token: _builtins.str
-    """Token from the verification email; single use, expires after seven days."""
+    """Token from the verification email; single use, expires after
+    AUTH_EMAIL_VERIFICATION_TTL_SECONDS.
+    """
     def __init__(
         self,
         *,
@@ -522,6 +538,7 @@ class GetUserRequest(_message.Message):
 
     USER_ID_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
+    """The user's id (UUID)."""
     def __init__(
         self,
         *,
@@ -625,7 +642,9 @@ class UpdateUserRequest(_message.Message):
 
     @_builtins.property
     def update_mask(self) -> _field_mask_pb2.FieldMask:
-        """Fields to update: display_name, role, disabled. Empty means all three."""
+        """Fields to update: display_name, role, disabled. Empty means the fields the request sets to
+        a non-default value (so `disabled: false` needs an explicit mask).
+        """
 
     def __init__(
         self,
@@ -647,6 +666,7 @@ class DeleteUserRequest(_message.Message):
 
     USER_ID_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
+    """The user's id (UUID)."""
     def __init__(
         self,
         *,
@@ -678,6 +698,7 @@ class AuditEvent(_message.Message):
     event_id: _builtins.str
     """Unique id; events redelivered by NATS are stored once."""
     organization_id: _builtins.str
+    """Organization the event belongs to; only its admins see it."""
     actor_user_id: _builtins.str
     """User who acted; empty for anonymous actions such as a failed login."""
     action: _builtins.str
@@ -693,7 +714,9 @@ class AuditEvent(_message.Message):
         """Action-specific details."""
 
     @_builtins.property
-    def event_time(self) -> _timestamp_pb2.Timestamp: ...
+    def event_time(self) -> _timestamp_pb2.Timestamp:
+        """When it happened."""
+
     def __init__(
         self,
         *,
@@ -725,6 +748,7 @@ class ListAuditEventsRequest(_message.Message):
     page_size: _builtins.int
     """1 to 1000; 0 means 50."""
     page_token: _builtins.str
+    """next_page_token of a previous response."""
     action_prefix: _builtins.str
     """Only actions starting with this prefix, e.g. "auth.login"."""
     def __init__(
@@ -749,8 +773,11 @@ class ListAuditEventsResponse(_message.Message):
     AUDIT_EVENTS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
+    """Empty on the last page."""
     @_builtins.property
-    def audit_events(self) -> _containers.RepeatedCompositeFieldContainer[Global___AuditEvent]: ...
+    def audit_events(self) -> _containers.RepeatedCompositeFieldContainer[Global___AuditEvent]:
+        """Newest first."""
+
     def __init__(
         self,
         *,

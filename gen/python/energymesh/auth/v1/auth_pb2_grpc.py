@@ -191,7 +191,8 @@ class AuthServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetUser(self, request, context):
-        """Returns a user of the caller's organization. Admins may read anyone; others only themselves.
+        """Returns a user of the caller's organization. Operators and above may read anyone in it;
+        viewers only themselves.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

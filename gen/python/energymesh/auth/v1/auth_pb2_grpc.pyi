@@ -62,7 +62,9 @@ class AuthServiceStub:
     GetCurrentUser: _grpc.UnaryUnaryMultiCallable[_auth_pb2.GetCurrentUserRequest, _auth_pb2.User]
     """Returns the calling user."""
     GetUser: _grpc.UnaryUnaryMultiCallable[_auth_pb2.GetUserRequest, _auth_pb2.User]
-    """Returns a user of the caller's organization. Admins may read anyone; others only themselves."""
+    """Returns a user of the caller's organization. Operators and above may read anyone in it;
+    viewers only themselves.
+    """
     ListUsers: _grpc.UnaryUnaryMultiCallable[_auth_pb2.ListUsersRequest, _auth_pb2.ListUsersResponse]
     """Lists the users of the caller's organization. Admin only."""
     CreateUser: _grpc.UnaryUnaryMultiCallable[_auth_pb2.CreateUserRequest, _auth_pb2.User]
@@ -111,7 +113,9 @@ class AuthServiceAsyncStub(AuthServiceStub):
     GetCurrentUser: _aio.UnaryUnaryMultiCallable[_auth_pb2.GetCurrentUserRequest, _auth_pb2.User]  # type: ignore[assignment]
     """Returns the calling user."""
     GetUser: _aio.UnaryUnaryMultiCallable[_auth_pb2.GetUserRequest, _auth_pb2.User]  # type: ignore[assignment]
-    """Returns a user of the caller's organization. Admins may read anyone; others only themselves."""
+    """Returns a user of the caller's organization. Operators and above may read anyone in it;
+    viewers only themselves.
+    """
     ListUsers: _aio.UnaryUnaryMultiCallable[_auth_pb2.ListUsersRequest, _auth_pb2.ListUsersResponse]  # type: ignore[assignment]
     """Lists the users of the caller's organization. Admin only."""
     CreateUser: _aio.UnaryUnaryMultiCallable[_auth_pb2.CreateUserRequest, _auth_pb2.User]  # type: ignore[assignment]
@@ -217,7 +221,9 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _auth_pb2.GetUserRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_auth_pb2.User, _abc.Awaitable[_auth_pb2.User]]:
-        """Returns a user of the caller's organization. Admins may read anyone; others only themselves."""
+        """Returns a user of the caller's organization. Operators and above may read anyone in it;
+        viewers only themselves.
+        """
 
     @_abc_1.abstractmethod
     def ListUsers(

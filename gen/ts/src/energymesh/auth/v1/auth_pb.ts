@@ -72,11 +72,15 @@ export type User = Message<"energymesh.auth.v1.User"> & {
   emailVerified: boolean;
 
   /**
+   * When the user was created.
+   *
    * @generated from field: google.protobuf.Timestamp create_time = 8;
    */
   createTime?: Timestamp | undefined;
 
   /**
+   * When the user was last changed.
+   *
    * @generated from field: google.protobuf.Timestamp update_time = 9;
    */
   updateTime?: Timestamp | undefined;
@@ -181,11 +185,15 @@ export const RegisterResponseSchema: GenMessage<RegisterResponse> = /*@__PURE__*
  */
 export type LoginRequest = Message<"energymesh.auth.v1.LoginRequest"> & {
   /**
+   * Sign-in address, compared case-insensitively.
+   *
    * @generated from field: string email = 1;
    */
   email: string;
 
   /**
+   * The account's password.
+   *
    * @generated from field: string password = 2;
    */
   password: string;
@@ -243,6 +251,8 @@ export const LoginResponseSchema: GenMessage<LoginResponse> = /*@__PURE__*/
  */
 export type RefreshTokenRequest = Message<"energymesh.auth.v1.RefreshTokenRequest"> & {
   /**
+   * The refresh token of the last Login, Register or RefreshToken answer.
+   *
    * @generated from field: string refresh_token = 1;
    */
   refreshToken: string;
@@ -260,6 +270,8 @@ export const RefreshTokenRequestSchema: GenMessage<RefreshTokenRequest> = /*@__P
  */
 export type RefreshTokenResponse = Message<"energymesh.auth.v1.RefreshTokenResponse"> & {
   /**
+   * Signed JWT (typ at+jwt, EdDSA), valid for expires_in seconds.
+   *
    * @generated from field: string access_token = 1;
    */
   accessToken: string;
@@ -272,11 +284,15 @@ export type RefreshTokenResponse = Message<"energymesh.auth.v1.RefreshTokenRespo
   refreshToken: string;
 
   /**
+   * Always "Bearer".
+   *
    * @generated from field: string token_type = 3;
    */
   tokenType: string;
 
   /**
+   * Lifetime of access_token in seconds.
+   *
    * @generated from field: int32 expires_in = 4;
    */
   expiresIn: number;
@@ -294,6 +310,8 @@ export const RefreshTokenResponseSchema: GenMessage<RefreshTokenResponse> = /*@_
  */
 export type LogoutRequest = Message<"energymesh.auth.v1.LogoutRequest"> & {
   /**
+   * Any refresh token of the session to end.
+   *
    * @generated from field: string refresh_token = 1;
    */
   refreshToken: string;
@@ -324,6 +342,8 @@ export const LogoutResponseSchema: GenMessage<LogoutResponse> = /*@__PURE__*/
  */
 export type RequestPasswordResetRequest = Message<"energymesh.auth.v1.RequestPasswordResetRequest"> & {
   /**
+   * Sign-in address of the account.
+   *
    * @generated from field: string email = 1;
    */
   email: string;
@@ -354,7 +374,8 @@ export const RequestPasswordResetResponseSchema: GenMessage<RequestPasswordReset
  */
 export type ResetPasswordRequest = Message<"energymesh.auth.v1.ResetPasswordRequest"> & {
   /**
-   * Token from the reset email; single use, expires after one hour.
+   * Token from the reset or invitation email; single use, expires after
+   * AUTH_PASSWORD_RESET_TTL_SECONDS (AUTH_INVITATION_TTL_SECONDS for invitations).
    *
    * @generated from field: string token = 1;
    */
@@ -393,7 +414,8 @@ export const ResetPasswordResponseSchema: GenMessage<ResetPasswordResponse> = /*
  */
 export type VerifyEmailRequest = Message<"energymesh.auth.v1.VerifyEmailRequest"> & {
   /**
-   * Token from the verification email; single use, expires after seven days.
+   * Token from the verification email; single use, expires after
+   * AUTH_EMAIL_VERIFICATION_TTL_SECONDS.
    *
    * @generated from field: string token = 1;
    */
@@ -526,6 +548,8 @@ export const GetCurrentUserRequestSchema: GenMessage<GetCurrentUserRequest> = /*
  */
 export type GetUserRequest = Message<"energymesh.auth.v1.GetUserRequest"> & {
   /**
+   * The user's id (UUID).
+   *
    * @generated from field: string user_id = 1;
    */
   userId: string;
@@ -633,7 +657,8 @@ export type UpdateUserRequest = Message<"energymesh.auth.v1.UpdateUserRequest"> 
   user?: User | undefined;
 
   /**
-   * Fields to update: display_name, role, disabled. Empty means all three.
+   * Fields to update: display_name, role, disabled. Empty means the fields the request sets to
+   * a non-default value (so `disabled: false` needs an explicit mask).
    *
    * @generated from field: google.protobuf.FieldMask update_mask = 2;
    */
@@ -652,6 +677,8 @@ export const UpdateUserRequestSchema: GenMessage<UpdateUserRequest> = /*@__PURE_
  */
 export type DeleteUserRequest = Message<"energymesh.auth.v1.DeleteUserRequest"> & {
   /**
+   * The user's id (UUID).
+   *
    * @generated from field: string user_id = 1;
    */
   userId: string;
@@ -678,6 +705,8 @@ export type AuditEvent = Message<"energymesh.auth.v1.AuditEvent"> & {
   eventId: string;
 
   /**
+   * Organization the event belongs to; only its admins see it.
+   *
    * @generated from field: string organization_id = 2;
    */
   organizationId: string;
@@ -725,6 +754,8 @@ export type AuditEvent = Message<"energymesh.auth.v1.AuditEvent"> & {
   details?: JsonObject | undefined;
 
   /**
+   * When it happened.
+   *
    * @generated from field: google.protobuf.Timestamp event_time = 9;
    */
   eventTime?: Timestamp | undefined;
@@ -749,6 +780,8 @@ export type ListAuditEventsRequest = Message<"energymesh.auth.v1.ListAuditEvents
   pageSize: number;
 
   /**
+   * next_page_token of a previous response.
+   *
    * @generated from field: string page_token = 2;
    */
   pageToken: string;
@@ -773,11 +806,15 @@ export const ListAuditEventsRequestSchema: GenMessage<ListAuditEventsRequest> = 
  */
 export type ListAuditEventsResponse = Message<"energymesh.auth.v1.ListAuditEventsResponse"> & {
   /**
+   * Newest first.
+   *
    * @generated from field: repeated energymesh.auth.v1.AuditEvent audit_events = 1;
    */
   auditEvents: AuditEvent[];
 
   /**
+   * Empty on the last page.
+   *
    * @generated from field: string next_page_token = 2;
    */
   nextPageToken: string;
@@ -940,7 +977,8 @@ export const AuthService: GenService<{
     output: typeof UserSchema;
   },
   /**
-   * Returns a user of the caller's organization. Admins may read anyone; others only themselves.
+   * Returns a user of the caller's organization. Operators and above may read anyone in it;
+   * viewers only themselves.
    *
    * @generated from rpc energymesh.auth.v1.AuthService.GetUser
    */
