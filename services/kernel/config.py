@@ -77,6 +77,7 @@ class KernelConfig:
     shutdown_grace_seconds: float
     max_message_bytes: int
     health_check_interval_seconds: float
+    trusted_proxy_hops: int
 
     @classmethod
     def from_env(cls, service_name: str, env: Env | None = None) -> Self:
@@ -99,4 +100,5 @@ def kernel_fields(service_name: str, env: Env) -> dict[str, Any]:
         "shutdown_grace_seconds": env.number("SHUTDOWN_GRACE_SECONDS", 10.0),
         "max_message_bytes": env.integer("GRPC_MAX_MESSAGE_BYTES", 4 * 1024 * 1024),
         "health_check_interval_seconds": env.number("HEALTH_CHECK_INTERVAL_SECONDS", 1.0),
+        "trusted_proxy_hops": env.integer("TRUSTED_PROXY_HOPS", 0),
     }

@@ -57,12 +57,13 @@ def caller() -> Caller:
     return found
 
 
-def client_address(metadata: Mapping[str, str], peer: str) -> str:
-    """The client's address. Envoy (use_remote_address) appends the real peer to
-    x-forwarded-for, so its last entry is trustworthy; direct calls use the socket peer."""
-    forwarded = metadata.get("x-forwarded-for", "")
-    if forwarded:
-        return forwarded.split(",")[-1].strip()
+def client_address(metadata: Mapping[str, str], peer: str, trusted_hops: int = 0) -> str:
+    """The client's address. Envoy appends its peer to x-forwarded-for, so the last entry is
+    trustworthy; with `trusted_hops` proxies in front of Envoy (an ingress, a load balancer),
+    each appending its own peer, the client is that many entries further left."""
+    entries = [entry.strip() for entry in metadata.get("x-forwarded-for", "").split(",")]
+    if entries[-1]:
+        return entries[max(0, len(entries) - 1 - trusted_hops)]
     # peer looks like "ipv4:127.0.0.1:5555" or "ipv6:[::1]:5555"
     _, _, address = peer.partition(":")
     return address.rsplit(":", 1)[0].strip("[]")
@@ -74,10 +75,12 @@ class KernelInterceptor(grpc.aio.ServerInterceptor):
         access: Mapping[str, Permission],
         verifier: TokenVerifier,
         caller_check: CallerCheck | None = None,
+        trusted_proxy_hops: int = 0,
     ) -> None:
         self._access = access
         self._verifier = verifier
         self._caller_check = caller_check
+        self._trusted_hops = trusted_proxy_hops
 
     async def intercept_service(
         self,
@@ -96,7 +99,7 @@ class KernelInterceptor(grpc.aio.ServerInterceptor):
         trace = Trace.from_traceparent(metadata.get("traceparent"))
         current_trace.set(trace)
         current_method.set(method)
-        current_client_address.set(client_address(metadata, context.peer()))
+        current_client_address.set(client_address(metadata, context.peer(), self._trusted_hops))
         current_caller.set(None)
         started = time.perf_counter()
         code = grpc.StatusCode.OK

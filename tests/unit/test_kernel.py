@@ -63,3 +63,14 @@ def test_errors_carry_structured_details() -> None:
     assert any(detail.Unpack(retry) for detail in exhausted.to_status().details)
     assert retry.retry_delay.seconds == 30
     assert exhausted.trailing_metadata() == (("retry-after", "30"),)
+
+
+def test_client_address_honours_trusted_proxies() -> None:
+    from services.kernel.interceptors import client_address
+
+    chain = {"x-forwarded-for": "198.51.100.7, 203.0.113.9, 10.0.0.5"}
+    assert client_address(chain, "ipv4:10.0.0.9:5555") == "10.0.0.5"
+    assert client_address(chain, "ipv4:10.0.0.9:5555", trusted_hops=1) == "203.0.113.9"
+    assert client_address(chain, "ipv4:10.0.0.9:5555", trusted_hops=9) == "198.51.100.7"
+    assert client_address({}, "ipv4:10.0.0.9:5555") == "10.0.0.9"
+    assert client_address({}, "ipv6:[::1]:5555") == "::1"
