@@ -31,7 +31,7 @@ from services.devices.credentials import (
 )
 from services.devices.importer import ImportRow
 from services.devices.models import IngestKey, Meter, MeterAssignee, MeterToken, Site
-from services.devices.repository import MeterFilters, Ordering
+from services.devices.repository import MeterFilters, Ordering, RowLock
 from services.devices.resources import etag as current_etag
 from services.devices.validation import (
     IMMUTABLE_METER_FIELDS,
@@ -167,8 +167,10 @@ class DevicesDomain:
         return caller.user_id
 
     async def _site(
-        self, session: AsyncSession, caller: Caller, site_id: str, *, lock: bool = False
+        self, session: AsyncSession, caller: Caller, site_id: str, *, lock: RowLock | None = None
     ) -> Site:
+        """The caller's site. Anything that adds to a site (a meter, an ingest key) reads it
+        with lock="share", so that it cannot land on a site delete_site is removing."""
         parsed = parse_id(site_id)
         site = (
             await repository.site_by_id(
@@ -277,7 +279,7 @@ class DevicesDomain:
         self, caller: Caller, site_id: str, data: SiteInput, paths: set[str], etag: str
     ) -> Site:
         async with self.database.transaction() as session:
-            site = await self._site(session, caller, site_id, lock=True)
+            site = await self._site(session, caller, site_id, lock="update")
             current = SiteInput(
                 name=site.name,
                 time_zone=site.time_zone,
@@ -317,7 +319,7 @@ class DevicesDomain:
 
     async def delete_site(self, caller: Caller, site_id: str) -> None:
         async with self.database.transaction() as session:
-            site = await self._site(session, caller, site_id, lock=True)
+            site = await self._site(session, caller, site_id, lock="update")
             if await repository.site_has_meters_in_service(session, site.id):
                 raise FailedPrecondition(
                     "the site still has meters: move or decommission them first",
@@ -344,7 +346,7 @@ class DevicesDomain:
         moment = now()
         try:
             async with self.database.transaction() as session:
-                site = await self._site(session, caller, data.site_id)
+                site = await self._site(session, caller, data.site_id, lock="share")
                 meter = _new_meter(caller.organization_id, site.id, data, moment)
                 session.add(meter)
                 await session.flush()
@@ -415,7 +417,7 @@ class DevicesDomain:
             changed = _changed_fields(current, merged)
             if "site_id" in changed:
                 assert merged.site_id is not None
-                await self._site(session, caller, merged.site_id)
+                await self._site(session, caller, merged.site_id, lock="share")
             if changed:
                 moment = now()
                 _apply_to_meter(meter, merged)
@@ -491,7 +493,7 @@ class DevicesDomain:
         try:
             async with self.database.transaction() as session:
                 default_site = (
-                    (await self._site(session, caller, default_site_id)).id
+                    (await self._site(session, caller, default_site_id, lock="share")).id
                     if default_site_id
                     else None
                 )
@@ -688,7 +690,7 @@ class DevicesDomain:
         self, caller: Caller, display_name: str, site_id: str, expire_time: datetime | None
     ) -> IssuedCredential:
         async with self.database.transaction() as session:
-            site = await self._site(session, caller, site_id) if site_id else None
+            site = await self._site(session, caller, site_id, lock="share") if site_id else None
             violations = Violations()
             check_text(violations, "ingest_key.display_name", display_name, 100, required=True)
             _check_expiry(violations, "ingest_key.expire_time", expire_time)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import ColumnElement, Select, and_, exists, func, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -18,6 +18,11 @@ from services.devices.validation import Connectivity, MeterState
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 DECOMMISSIONED = MeterState.DECOMMISSIONED.value
+
+# How a read locks the rows it returns until the transaction ends: "update" (FOR UPDATE) to
+# change or delete them, "share" (FOR SHARE) to add something that depends on them. A share
+# lock waits for a concurrent delete to commit and then sees its delete_time.
+RowLock = Literal["update", "share"]
 
 
 @dataclass(frozen=True)
@@ -90,11 +95,11 @@ async def site_by_id(
     site_id: str,
     *,
     viewer: str | None = None,
-    lock: bool = False,
+    lock: RowLock | None = None,
 ) -> Site | None:
     query = _visible_sites(organization_id, viewer).where(Site.id == site_id)
-    if lock:
-        query = query.with_for_update()
+    if lock is not None:
+        query = query.with_for_update(read=lock == "share")
     return await session.scalar(query)
 
 
@@ -116,15 +121,18 @@ async def list_sites(
 
 
 async def site_ids(session: AsyncSession, organization_id: str, ids: Sequence[str]) -> set[str]:
-    """Which of these ids are live sites of the organization."""
+    """Which of these ids are live sites of the organization, share-locked (meters are about
+    to be added to them: a concurrent delete_site either waits or has already won)."""
     if not ids:
         return set()
     found = await session.scalars(
-        select(Site.id).where(
+        select(Site.id)
+        .where(
             Site.organization_id == organization_id,
             Site.delete_time.is_(None),
             Site.id.in_(ids),
         )
+        .with_for_update(read=True)
     )
     return set(found.all())
 

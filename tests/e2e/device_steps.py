@@ -5,15 +5,18 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
+import psycopg
 from nats.aio.client import Client
 from nats.js.api import DeliverPolicy
 
-from tests.e2e.helpers import Account
+from tests.e2e.helpers import Account, eventually
+
+T = TypeVar("T")
 
 
 def unique_serial(prefix: str = "SN") -> str:
@@ -155,3 +158,34 @@ async def events_on(
                 found.append(payload)
     finally:
         await subscription.unsubscribe()
+
+
+async def _devices_waits_on_a_lock(watcher: psycopg.AsyncConnection[Any]) -> bool:
+    cursor = await watcher.execute(
+        "SELECT count(*) FROM pg_stat_activity "
+        "WHERE application_name = 'energymesh-devices' AND wait_event_type = 'Lock'"
+    )
+    row = await cursor.fetchone()
+    return bool(row and row[0])
+
+
+async def while_site_is_deleted(database_url: str, site_id: str, call: Awaitable[T]) -> T:
+    """Runs `call` while another transaction deletes the site the way DeleteSite does (row
+    locked FOR UPDATE, delete_time set), and commits that delete once `call` waits for it."""
+    deleter = await psycopg.AsyncConnection.connect(database_url)
+    watcher = await psycopg.AsyncConnection.connect(database_url, autocommit=True)
+    task: asyncio.Future[T] | None = None
+    try:
+        await deleter.execute("SELECT 1 FROM devices.sites WHERE id = %s FOR UPDATE", (site_id,))
+        await deleter.execute(
+            "UPDATE devices.sites SET delete_time = now() WHERE id = %s", (site_id,)
+        )
+        task = asyncio.ensure_future(call)
+        await eventually(lambda: _devices_waits_on_a_lock(watcher))
+        await deleter.commit()
+        return await task
+    finally:
+        if task is not None and not task.done():
+            task.cancel()
+        await deleter.close()
+        await watcher.close()

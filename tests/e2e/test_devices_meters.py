@@ -4,6 +4,7 @@ nothing half-written, etags, decommissioning, filters and pagination under concu
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -12,12 +13,14 @@ import pytest
 from google.protobuf import field_mask_pb2
 
 from energymesh.devices.v1 import devices_pb2, devices_pb2_grpc
+from services.launcher.mesh import Mesh
 from tests.e2e.device_steps import (
     create_meter,
     create_site,
     list_all_meters,
     meter_body,
     unique_serial,
+    while_site_is_deleted,
 )
 from tests.e2e.helpers import error_reason, register, violations
 
@@ -132,6 +135,62 @@ async def test_meters_on_another_organizations_site_are_not_found(
     assert response.status_code == 404, response.text
     for path in (f"/v1/sites/{site['siteId']}", "/v1/sites/not-a-uuid", "/v1/meters/nope"):
         assert (await http.get(path, headers=intruder.headers)).status_code == 404
+
+
+async def test_nothing_lands_on_a_site_while_it_is_deleted(
+    http: httpx.AsyncClient, mesh: Mesh
+) -> None:
+    """Whatever adds to a site waits for a concurrent DeleteSite and then finds the site gone,
+    instead of adding a meter or an ingest key to a deleted site."""
+    admin = await register(http)
+    home = await create_site(http, admin, name="Home")
+    mover = await create_meter(http, admin, home["siteId"])
+
+    def import_csv(body: str, query: str = "") -> Awaitable[httpx.Response]:
+        return http.post(
+            f"/v1/meters:import?{query}",
+            headers={**admin.headers, "Content-Type": "text/csv"},
+            content=body.encode(),
+        )
+
+    calls: dict[str, Callable[[str], Awaitable[httpx.Response]]] = {
+        "create meter": lambda site_id: http.post(
+            "/v1/meters", headers=admin.headers, json=meter_body(site_id)
+        ),
+        "move meter": lambda site_id: http.patch(
+            f"/v1/meters/{mover['meterId']}?updateMask=siteId",
+            headers=admin.headers,
+            json={"siteId": site_id},
+        ),
+        "create ingest key": lambda site_id: http.post(
+            "/v1/ingest-keys",
+            headers=admin.headers,
+            json={"displayName": "head-end", "siteId": site_id},
+        ),
+        "import to the default site": lambda site_id: import_csv(
+            f"serial_number,commodity,unit,register_type\n{unique_serial()},gas,m3,cumulative\n",
+            f"siteId={site_id}",
+        ),
+    }
+    for name, call in calls.items():
+        site = await create_site(http, admin, name=name)
+        response = await while_site_is_deleted(
+            mesh.database_url, site["siteId"], call(site["siteId"])
+        )
+        assert response.status_code == 404, (name, response.text)
+
+    site = await create_site(http, admin, name="import naming the site")
+    header = "site_id,serial_number,commodity,unit,register_type"
+    body = f"{header}\n{site['siteId']},{unique_serial()},gas,m3,cumulative\n"
+    response = await while_site_is_deleted(mesh.database_url, site["siteId"], import_csv(body))
+    assert response.status_code == 200, response.text
+    assert response.json()["failedCount"] == 1
+    assert response.json()["results"][0]["errors"][0]["field"] == "site_id"
+    meters = await list_all_meters(http, admin, "showDecommissioned=true")
+    assert [meter["meterId"] for meter in meters] == [mover["meterId"]]
+    assert meters[0]["siteId"] == home["siteId"]
+    keys = (await http.get("/v1/ingest-keys", headers=admin.headers)).json()
+    assert keys.get("ingestKeys", []) == []
 
 
 async def test_update_meter_with_mask_and_etag(
