@@ -47,6 +47,8 @@ from services.devices.validation import (
     check_text,
     connectivity_of,
     parse_id,
+    quoted,
+    shorten,
 )
 from services.kernel.context import Caller, current_client_address
 from services.kernel.database import Database
@@ -67,7 +69,13 @@ log = logging.getLogger(__name__)
 # In the API, expected_interval_seconds is the Duration field expected_interval.
 API_NAMES = {"expected_interval_seconds": "expected_interval"}
 SITE_FIELDS = ("name", "time_zone", "address", "latitude", "longitude", "labels")
-MAX_IMPORT_VIOLATIONS = 200
+# What an import reports, so that the answer fits in a gRPC message (4 MiB) whatever the
+# document: at most this many errors per failed row, and errors for this many failed rows.
+MAX_ROW_ERRORS = 5
+MAX_ROWS_WITH_ERRORS = 1000
+# With all_or_nothing, how much of the problems the INVALID_ARGUMENT names, in bytes: they
+# travel in a gRPC trailer, and clients refuse metadata beyond 8 to 16 KiB.
+IMPORT_VIOLATIONS_BUDGET = 3000
 LAST_USED_RESOLUTION = timedelta(minutes=1)
 CONNECTIVITY_BATCH = 500
 
@@ -535,7 +543,9 @@ class DevicesDomain:
         for row in rows:
             values = row.values
             serial = values.serial_number or ""
-            step = _Step(ImportOutcome(row=row.line, action="failed", serial_number=serial))
+            # A serial number is at most 64 characters; a longer one is reported shortened.
+            echoed = shorten(serial, 65)
+            step = _Step(ImportOutcome(row=row.line, action="failed", serial_number=echoed))
             errors = Violations()
             for name, description in row.errors:
                 errors.add(name, description)
@@ -545,7 +555,7 @@ class DevicesDomain:
                 first_line[serial] = row.line
             site_id = parse_id(values.site_id) if values.site_id else default_site
             if values.site_id and site_id not in live_sites:
-                errors.add("site_id", f"site {values.site_id!r} not found")
+                errors.add("site_id", f"site {quoted(values.site_id)} not found")
             meter = existing.get(serial)
             if meter is not None:
                 current = _meter_input(meter)
@@ -581,7 +591,7 @@ class DevicesDomain:
                     ImportOutcome(
                         row=row.line,
                         action="failed",
-                        serial_number=serial,
+                        serial_number=echoed,
                         errors=list(dict.fromkeys(errors.items)),
                     )
                 )
@@ -1037,13 +1047,19 @@ def _import_violations(failed: list[ImportOutcome]) -> InvalidArgument:
     violations = [
         (f"rows[{outcome.row}].{name}", description)
         for outcome in failed
-        for name, description in outcome.errors
+        for name, description in outcome.errors[:MAX_ROW_ERRORS]
     ]
-    total = len(violations)
-    if total > MAX_IMPORT_VIOLATIONS:
-        violations = violations[:MAX_IMPORT_VIOLATIONS]
-        violations.append(("rows", f"{total - MAX_IMPORT_VIOLATIONS} more problems not shown"))
+    shown: list[tuple[str, str]] = []
+    used = 0
+    for name, description in violations:
+        used += len(name.encode()) + len(description.encode())
+        if used > IMPORT_VIOLATIONS_BUDGET:
+            break
+        shown.append((name, description))
+    if len(shown) < len(violations):
+        more = len(violations) - len(shown)
+        shown.append(("rows", f"{more} more problems not shown (validate_only lists every row)"))
     return InvalidArgument(
-        violations,
+        shown,
         f"{len(failed)} of the rows are invalid; nothing was imported (all_or_nothing)",
     )

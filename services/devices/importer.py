@@ -19,6 +19,7 @@ from services.devices.validation import (
     MeterState,
     RegisterType,
     parse_duration,
+    quoted,
 )
 from services.kernel.errors import InvalidArgument
 
@@ -37,6 +38,8 @@ COLUMNS = {
     "labels": "labels",
     "state": "state",
 }
+# Problems with the header named at most (an error's details travel in a gRPC trailer).
+MAX_HEADER_PROBLEMS = 10
 ENUM_PREFIXES = {
     "commodity": "COMMODITY_",
     "direction": "FLOW_DIRECTION_",
@@ -67,7 +70,7 @@ def _enum(kind: type[E], column: str) -> Callable[[str], E]:
             return kind(word)
         except ValueError:
             choices = ", ".join(member.value for member in kind)
-            raise ValueError(f"{text!r} is not one of {choices}") from None
+            raise ValueError(f"{quoted(text)} is not one of {choices}") from None
 
     return parse
 
@@ -76,16 +79,16 @@ def _number(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise ValueError(f"{text!r} is not a number") from None
+        raise ValueError(f"{quoted(text)} is not a number") from None
     if not math.isfinite(value):
-        raise ValueError(f"{text!r} is not a finite number")
+        raise ValueError(f"{quoted(text)} is not a finite number")
     return value
 
 
 def _interval(text: str) -> int:
     seconds = parse_duration(text)
     if seconds is None:
-        raise ValueError(f"{text!r} is not a duration such as 900, 900s, 15m or 1h")
+        raise ValueError(f"{quoted(text)} is not a duration such as 900, 900s, 15m or 1h")
     return seconds
 
 
@@ -96,7 +99,7 @@ def _labels(text: str) -> dict[str, str]:
             continue
         key, equals, value = pair.partition("=")
         if not equals or not key.strip():
-            raise ValueError(f"{pair!r} is not key=value (pairs are separated by ';')")
+            raise ValueError(f"{quoted(pair)} is not key=value (pairs are separated by ';')")
         labels[key.strip()] = value.strip()
     return labels
 
@@ -156,11 +159,14 @@ def _check_header(header: list[str]) -> list[str]:
     for name in header:
         if name not in COLUMNS:
             problems.append(
-                ("csv.header", f"unknown column {name!r} (columns: {', '.join(COLUMNS)})")
+                ("csv.header", f"unknown column {quoted(name)} (columns: {', '.join(COLUMNS)})")
             )
         elif name in seen:
-            problems.append(("csv.header", f"column {name!r} appears twice"))
+            problems.append(("csv.header", f"column {quoted(name)} appears twice"))
         seen.add(name)
+    if len(problems) > MAX_HEADER_PROBLEMS:
+        more = len(problems) - MAX_HEADER_PROBLEMS
+        problems = [*problems[:MAX_HEADER_PROBLEMS], ("csv.header", f"{more} more problems")]
     if "serial_number" not in seen:
         problems.append(("csv.header", "the serial_number column is required"))
     if problems:

@@ -12,7 +12,12 @@ from google.rpc import error_details_pb2
 
 from energymesh.devices.v1 import devices_pb2, devices_pb2_grpc
 from services.devices.config import DevicesConfig
-from services.devices.domain import DevicesDomain, ImportSummary
+from services.devices.domain import (
+    MAX_ROW_ERRORS,
+    MAX_ROWS_WITH_ERRORS,
+    DevicesDomain,
+    ImportSummary,
+)
 from services.devices.importer import parse_csv
 from services.devices.models import IngestKey, MeterToken
 from services.devices.repository import METER_SORT_KEYS, SITE_SORT_KEYS, MeterFilters, Ordering
@@ -229,8 +234,19 @@ def timestamp_or_none(message: Message, name: str) -> datetime | None:
 
 
 def import_response(summary: ImportSummary) -> devices_pb2.ImportMetersResponse:
-    return devices_pb2.ImportMetersResponse(
-        results=[
+    """One result per row; errors capped (MAX_ROW_ERRORS per row, MAX_ROWS_WITH_ERRORS rows)
+    so that the answer stays far below the 4 MiB a gRPC message may have."""
+    results = []
+    rows_with_errors = 0
+    truncated = False
+    for outcome in summary.outcomes:
+        shown: list[tuple[str, str]] = []
+        if outcome.errors:
+            if rows_with_errors < MAX_ROWS_WITH_ERRORS:
+                rows_with_errors += 1
+                shown = outcome.errors[:MAX_ROW_ERRORS]
+            truncated = truncated or len(shown) < len(outcome.errors)
+        results.append(
             devices_pb2.ImportMeterResult(
                 row=outcome.row,
                 action=IMPORT_ACTIONS[outcome.action],
@@ -238,16 +254,18 @@ def import_response(summary: ImportSummary) -> devices_pb2.ImportMetersResponse:
                 serial_number=outcome.serial_number,
                 errors=[
                     error_details_pb2.BadRequest.FieldViolation(field=name, description=text)
-                    for name, text in outcome.errors
+                    for name, text in shown
                 ],
             )
-            for outcome in summary.outcomes
-        ],
+        )
+    return devices_pb2.ImportMetersResponse(
+        results=results,
         created_count=summary.count("created"),
         updated_count=summary.count("updated"),
         unchanged_count=summary.count("unchanged"),
         failed_count=summary.count("failed"),
         applied=summary.applied,
+        errors_truncated=truncated,
     )
 
 

@@ -78,6 +78,21 @@ _DURATION = re.compile(r"(\d+)\s*(s|m|min|h|d)?")
 _DURATION_SECONDS = {None: 1, "s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
 
 
+# Values echoed in error messages are shortened: a CSV cell may hold 100 KB, and a message
+# quoting it would swell the answer (a failed import row reports several).
+ECHO_LIMIT = 40
+
+
+def shorten(text: str, limit: int = ECHO_LIMIT) -> str:
+    """The text, cut to `limit` characters (the last one an ellipsis) when it is longer."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def quoted(text: str, limit: int = ECHO_LIMIT) -> str:
+    """A value as quoted in an error message ('…'), shortened."""
+    return repr(shorten(text, limit))
+
+
 @cache
 def time_zones() -> frozenset[str]:
     return frozenset(zoneinfo.available_timezones())
@@ -175,7 +190,7 @@ def check_labels(violations: Violations, name: str, labels: dict[str, str]) -> N
     for key, value in labels.items():
         if not _LABEL_KEY.fullmatch(key):
             violations.add(
-                f"{name}[{key}]",
+                f"{name}[{shorten(key, 64)}]",
                 "key must be 1 to 63 characters of a-z, 0-9, '_', '.', '-' starting with a letter",
             )
         elif len(value) > 63:
@@ -190,7 +205,7 @@ def check_site(violations: Violations, prefix: str, site: SiteInput) -> None:
     elif site.time_zone not in time_zones():
         violations.add(
             f"{prefix}time_zone",
-            f"{site.time_zone!r} is not an IANA time zone (such as Europe/Berlin)",
+            f"{quoted(site.time_zone)} is not an IANA time zone (such as Europe/Berlin)",
         )
     check_text(violations, f"{prefix}address", site.address, 500, required=False)
     if (site.latitude is None) != (site.longitude is None):
@@ -245,13 +260,13 @@ def check_meter(
         violations.add(name("unit"), "is required")
     elif unit not in QUANTITY_UNITS and unit not in RATE_UNITS:
         known = ", ".join([*QUANTITY_UNITS, *RATE_UNITS])
-        violations.add(name("unit"), f"{unit!r} is not a known unit ({known})")
+        violations.add(name("unit"), f"{quoted(unit)} is not a known unit ({known})")
     elif meter.commodity is not None and meter.register_type is not None:
         allowed = units_for(meter.commodity, meter.register_type)
         if unit not in allowed:
             violations.add(
                 name("unit"),
-                f"{unit!r} does not suit a {meter.register_type.value} "
+                f"{quoted(unit)} does not suit a {meter.register_type.value} "
                 f"{meter.commodity.value} meter (use one of {', '.join(allowed)})",
             )
     multiplier = meter.multiplier

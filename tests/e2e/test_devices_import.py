@@ -7,6 +7,7 @@ from typing import Any
 
 import grpc
 import httpx
+import pytest
 from google.api import httpbody_pb2
 
 from energymesh.devices.v1 import devices_pb2, devices_pb2_grpc
@@ -200,3 +201,65 @@ async def test_import_over_grpc(http: httpx.AsyncClient, gateway_channel: grpc.a
     assert response.created_count == 100
     assert response.results[99].action == devices_pb2.ImportMeterResult.ACTION_CREATED
     assert len(await list_all_meters(http, admin)) == 100
+
+
+async def test_ten_thousand_bad_rows_get_an_answer(
+    http: httpx.AsyncClient, gateway_channel: grpc.aio.Channel
+) -> None:
+    """Every row of a full document is reported (counts complete), but the detail is capped so
+    the answer fits in a gRPC message: nothing is written without the client hearing of it."""
+    admin = await register(http)
+    site = await create_site(http, admin)
+    long_cell = "plasma" * 10_000
+    rows = [
+        # Five bad cells and a bad serial (six errors), each row quoting its own values.
+        f"BAD {i:05},{'n' * 40},{'p' * 30},{'u' * 30},sometimes,soon,bad label"
+        for i in range(9_990)
+    ]
+    rows[7] = f"HUGE,name,{long_cell},kWh,cumulative,15m,"
+    rows += [f"GOOD-{i},Meter,electricity,kWh,cumulative,15m," for i in range(10)]
+    body = csv_of(rows)
+    assert len(body) < 2 * 1024 * 1024
+    stub = devices_pb2_grpc.DeviceServiceStub(gateway_channel)
+    response = await stub.ImportMeters(
+        devices_pb2.ImportMetersRequest(
+            csv=httpbody_pb2.HttpBody(content_type="text/csv", data=body),
+            site_id=site["siteId"],
+        ),
+        metadata=admin.metadata,
+    )
+    assert (response.created_count, response.failed_count) == (10, 9_990)
+    assert response.applied
+    assert response.errors_truncated
+    assert len(response.results) == 10_000
+    assert response.results[-1].action == devices_pb2.ImportMeterResult.ACTION_CREATED
+    failed = [
+        r for r in response.results if r.action == devices_pb2.ImportMeterResult.ACTION_FAILED
+    ]
+    assert all(len(result.errors) <= 5 for result in failed)
+    assert all(result.errors for result in failed[:1000])
+    assert not any(result.errors for result in failed[1000:])
+    huge = response.results[7]
+    assert {error.field for error in huge.errors} == {"commodity"}
+    assert all(len(error.description) < 200 for error in huge.errors)
+    assert len(await list_all_meters(http, admin)) == 10
+
+    # The same document over REST, as a dry run.
+    dry = await import_csv(http, admin, body, f"siteId={site['siteId']}&validateOnly=true")
+    assert dry.status_code == 200, dry.text[:500]
+    assert (dry.json()["failedCount"], dry.json()["errorsTruncated"]) == (9_990, True)
+
+    # All or nothing: the refusal names the first problems only, since google.rpc details
+    # travel in a trailer, which gRPC clients refuse beyond 8 to 16 KiB.
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stub.ImportMeters(
+            devices_pb2.ImportMetersRequest(
+                csv=httpbody_pb2.HttpBody(content_type="text/csv", data=body),
+                site_id=site["siteId"],
+                all_or_nothing=True,
+            ),
+            metadata=admin.metadata,
+        )
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, refused.value.details()
+    assert "9990 of the rows are invalid" in str(refused.value.details())
+    assert len(await list_all_meters(http, admin)) == 10

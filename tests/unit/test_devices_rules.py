@@ -126,6 +126,31 @@ def test_csv_rows_keep_their_own_errors() -> None:
     assert {name for name, _ in second.errors} == {"multiplier", "labels"}
 
 
+def test_csv_errors_quote_cells_shortly() -> None:
+    long_cell = "x" * 100_000
+    [row] = parse_csv(
+        f"serial_number,commodity,multiplier,labels,expected_interval\n"
+        f"A,{long_cell},{long_cell},{long_cell},{long_cell}\n".encode(),
+        max_bytes=1_000_000,
+        max_rows=10,
+    )
+    assert {name for name, _ in row.errors} == {
+        "commodity",
+        "multiplier",
+        "labels",
+        "expected_interval",
+    }
+    assert all(len(description) < 200 for _, description in row.errors)
+    with pytest.raises(InvalidArgument) as refused:
+        parse_csv(
+            (",".join(f"colour{i}{long_cell}" for i in range(50)) + "\nA\n").encode(),
+            max_bytes=10_000_000,
+            max_rows=10,
+        )
+    assert len(refused.value.violations) == 12  # 10, how many more, serial_number missing
+    assert len(refused.value.message) < 3000
+
+
 def test_csv_documents_are_checked_as_a_whole() -> None:
     with pytest.raises(InvalidArgument):
         parse_csv(b"serial_number\n" + b"A\n" * 11, max_bytes=10_000, max_rows=10)

@@ -747,8 +747,9 @@ class ImportMetersRequest(_message.Message):
     """Check every row and report what would happen, but write nothing."""
     all_or_nothing: _builtins.bool
     """Write nothing unless every row is valid: the call then fails with INVALID_ARGUMENT whose
-    field violations name each bad row ("rows[7].unit"). Otherwise valid rows are written
-    and bad rows are reported in the results.
+    field violations name the bad rows ("rows[7].unit"), the first few kilobytes of them
+    (validate_only reports every row). Otherwise valid rows are written and bad rows are
+    reported in the results.
     """
     @_builtins.property
     def csv(self) -> _httpbody_pb2.HttpBody:
@@ -780,15 +781,24 @@ class ImportMetersResponse(_message.Message):
     UNCHANGED_COUNT_FIELD_NUMBER: _builtins.int
     FAILED_COUNT_FIELD_NUMBER: _builtins.int
     APPLIED_FIELD_NUMBER: _builtins.int
+    ERRORS_TRUNCATED_FIELD_NUMBER: _builtins.int
     created_count: _builtins.int
+    """The counts always cover every row."""
     updated_count: _builtins.int
     unchanged_count: _builtins.int
     failed_count: _builtins.int
     applied: _builtins.bool
     """False when validate_only: nothing was written."""
+    errors_truncated: _builtins.bool
+    """True when errors were left out of results: fix the rows reported and import again to see
+    the rest.
+    """
     @_builtins.property
     def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___ImportMeterResult]:
-        """One per data row, in order."""
+        """One per data row, in order. So that the answer stays small, a failed row lists at most 5
+        errors and only the first 1,000 failed rows list any (see errors_truncated); cell values
+        quoted in descriptions are shortened.
+        """
 
     def __init__(
         self,
@@ -799,10 +809,11 @@ class ImportMetersResponse(_message.Message):
         unchanged_count: _builtins.int = ...,
         failed_count: _builtins.int = ...,
         applied: _builtins.bool = ...,
+        errors_truncated: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied", b"applied", "created_count", b"created_count", "failed_count", b"failed_count", "results", b"results", "unchanged_count", b"unchanged_count", "updated_count", b"updated_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied", b"applied", "created_count", b"created_count", "errors_truncated", b"errors_truncated", "failed_count", b"failed_count", "results", b"results", "unchanged_count", b"unchanged_count", "updated_count", b"updated_count"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
