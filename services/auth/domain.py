@@ -53,6 +53,8 @@ log = logging.getLogger(__name__)
 PASSWORD_RESET = "password_reset"
 EMAIL_VERIFICATION = "email_verification"
 MIN_PASSWORD, MAX_PASSWORD = 10, 256
+# At most one reset email per account per interval, so the endpoint cannot mail-bomb anyone.
+RESET_REQUEST_INTERVAL_SECONDS = 60
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,13 @@ def now() -> datetime:
 
 
 def email_key(email: str) -> str:
-    return email.strip().lower()
+    """The unique sign-in key: the address as registration normalised it, lower-cased, so
+    sign-in finds international (IDN, Unicode) addresses too."""
+    try:
+        normalized = validate_email(email.strip(), check_deliverability=False).normalized
+    except EmailNotValidError:
+        normalized = email.strip()
+    return normalized.lower()
 
 
 def check_email(violations: Violations, field: str, email: str) -> str:
@@ -290,6 +298,11 @@ class AuthDomain:
             user = await repository.user_by_email(session, email_key(email))
             if user is None or user.disabled:
                 log.info("password reset requested for an unknown or disabled account")
+                return
+            since = now() - timedelta(seconds=RESET_REQUEST_INTERVAL_SECONDS)
+            await repository.lock_key(session, f"reset:{user.id}")
+            if await repository.issued_since(session, user.id, PASSWORD_RESET, since):
+                log.info("password reset requested again within a minute; no new email")
                 return
             await self._request_password_reset(session, user, invitation=False)
             self._audit(session, user.organization_id, "", "auth.password_reset.requested", user)

@@ -93,6 +93,20 @@ async def one_time_token(session: AsyncSession, hashed: str, purpose: str) -> On
     )
 
 
+async def issued_since(session: AsyncSession, user_id: str, purpose: str, since: datetime) -> bool:
+    """Whether a token for this purpose was issued to the user after `since`."""
+    found = await session.scalar(
+        select(OneTimeToken.id)
+        .where(
+            OneTimeToken.user_id == user_id,
+            OneTimeToken.purpose == purpose,
+            OneTimeToken.create_time > since,
+        )
+        .limit(1)
+    )
+    return found is not None
+
+
 async def spend_one_time_tokens(
     session: AsyncSession, user_id: str, purpose: str, now: datetime
 ) -> None:

@@ -96,3 +96,14 @@ async def test_invited_user_chooses_a_password(
     )
     assert chosen.status_code == 200
     assert (await login(http, email, PASSWORD)).status_code == 200
+
+
+async def test_reset_requests_are_rate_limited_per_account(http: httpx.AsyncClient) -> None:
+    account = await register(http)
+    for _ in range(3):
+        response = await http.post("/v1/auth:requestPasswordReset", json={"email": account.email})
+        assert response.status_code == 200
+    audit = await http.get(
+        "/v1/audit-events?action_prefix=auth.password_reset", headers=account.headers
+    )
+    assert len(audit.json()["auditEvents"]) == 1
