@@ -161,9 +161,11 @@ class DevicesDomain:
     def __init__(self, database: Database, outbox: Outbox) -> None:
         self.database = database
         self.outbox = outbox
-        # Set when last_seen_time or expected_interval changed: the connectivity monitor
-        # recomputes when the next meter would go offline.
+        # Set when the next meter to go offline may be due earlier than the connectivity
+        # monitor's next pass (see _wake_monitor_for): the monitor recomputes.
         self._connectivity_wakeup = asyncio.Event()
+        # When the monitor's next pass is due; None while it runs one.
+        self._monitor_due: datetime | None = None
 
     # --- helpers --------------------------------------------------------------------------
 
@@ -884,19 +886,32 @@ class DevicesDomain:
         seen = min(committed.last_time, moment)
         async with self.database.transaction() as session:
             meter = await repository.record_seen(session, committed.organization_id, meter_id, seen)
-            if meter is not None:
-                await self._announce(session, meter, moment)
-        self.outbox.wake()
-        self._connectivity_wakeup.set()
+            changed = meter is not None and await self._announce(session, meter, moment)
+        if meter is not None and changed:
+            self.outbox.wake()
+            self._wake_monitor_for(meter)
 
-    async def _announce(self, session: AsyncSession, meter: Meter, moment: datetime) -> None:
-        """Publishes a connectivity change of an ACTIVE meter, once per transition."""
-        if meter.state == MeterState.DECOMMISSIONED.value:
+    def _wake_monitor_for(self, meter: Meter) -> None:
+        """Wakes the connectivity monitor if this meter, just announced ONLINE, goes offline
+        before the monitor's next pass. Readings of a meter already ONLINE only move its
+        deadline later, so a stream of them wakes nothing (each wake is a scan of the meters)."""
+        if meter.announced_connectivity != Connectivity.ONLINE.value:
             return
+        assert meter.last_seen_time is not None
+        deadline = meter.last_seen_time + timedelta(seconds=2 * meter.expected_interval_seconds)
+        due = self._monitor_due
+        if due is None or deadline < due:
+            self._connectivity_wakeup.set()
+
+    async def _announce(self, session: AsyncSession, meter: Meter, moment: datetime) -> bool:
+        """Records a connectivity change (published for an ACTIVE meter), once per transition;
+        whether there was one."""
+        if meter.state == MeterState.DECOMMISSIONED.value:
+            return False
         current = connectivity_of(meter.last_seen_time, meter.expected_interval_seconds, moment)
         previous = Connectivity(meter.announced_connectivity)
         if current is previous:
-            return
+            return False
         meter.announced_connectivity = current.value
         if meter.state == MeterState.ACTIVE.value:
             await self._emit(
@@ -904,6 +919,7 @@ class DevicesDomain:
                 events.METER_CONNECTIVITY_CHANGED,
                 events.connectivity_changed(meter, previous, current, moment),
             )
+        return True
 
     async def announce_connectivity_changes(self) -> int:
         """One pass: announces every meter whose connectivity changed; returns how many."""
@@ -920,6 +936,8 @@ class DevicesDomain:
         """Background job: sleeps until the next meter would go offline (or something
         changed), then announces what changed. No polling of every meter every second."""
         while True:
+            # While a pass runs, any meter coming online may be due before the next one.
+            self._monitor_due = None
             self._connectivity_wakeup.clear()
             try:
                 while await self.announce_connectivity_changes() == CONNECTIVITY_BATCH:
@@ -933,6 +951,7 @@ class DevicesDomain:
             sleep = max_sleep_seconds
             if deadline is not None:
                 sleep = min(max(0.05, (deadline - now()).total_seconds() + 0.05), sleep)
+            self._monitor_due = now() + timedelta(seconds=sleep)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._connectivity_wakeup.wait(), sleep)
 
