@@ -78,6 +78,8 @@ MAX_ROWS_WITH_ERRORS = 1000
 IMPORT_VIOLATIONS_BUDGET = 3000
 LAST_USED_RESOLUTION = timedelta(minutes=1)
 CONNECTIVITY_BATCH = 500
+# Import rows written per flush.
+IMPORT_CHUNK = 250
 
 # Checks that a user id names a user of the caller's organization (asked of auth).
 UserCheck = Callable[[str], Awaitable[None]]
@@ -540,90 +542,37 @@ class DevicesDomain:
         existing = await repository.meters_in_service_by_serial(
             session, caller.organization_id, serials
         )
-        first_line: dict[str, int] = {}
-        plan: list[_Step] = []
-        for row in rows:
-            values = row.values
-            serial = values.serial_number or ""
-            # A serial number is at most 64 characters; a longer one is reported shortened.
-            echoed = shorten(serial, 65)
-            step = _Step(ImportOutcome(row=row.line, action="failed", serial_number=echoed))
-            errors = Violations()
-            for name, description in row.errors:
-                errors.add(name, description)
-            if serial in first_line:
-                errors.add("serial_number", f"appears again (first on line {first_line[serial]})")
-            elif serial:
-                first_line[serial] = row.line
-            site_id = parse_id(values.site_id) if values.site_id else default_site
-            if values.site_id and site_id not in live_sites:
-                errors.add("site_id", f"site {quoted(values.site_id)} not found")
-            meter = existing.get(serial)
-            if meter is not None:
-                current = _meter_input(meter)
-                for name in sorted(IMMUTABLE_METER_FIELDS & row.provided):
-                    if getattr(values, name) != getattr(current, name):
-                        errors.add(
-                            API_NAMES.get(name, name),
-                            f"cannot change the {name.replace('_', ' ')} of meter {serial} "
-                            "(decommission it and create a new one)",
-                        )
-                # An update moves the meter only if its row names a (live) site.
-                moved_to = site_id if values.site_id and site_id in live_sites else meter.site_id
-                merged = _apply_meter_changes(
-                    current,
-                    replace(values, site_id=moved_to),
-                    row.provided - IMMUTABLE_METER_FIELDS,
-                )
-                check_meter(errors, "", merged, API_NAMES)
-                changed = _changed_fields(current, merged)
-                step.outcome.meter_id = meter.id
-                step.outcome.action = "updated" if changed else "unchanged"
-                if changed:
-                    step.update = (meter, merged, changed)
-            else:
-                data = replace(values, site_id=site_id).with_defaults()
-                if site_id is None and not values.site_id:
-                    errors.add("site_id", "is required (a site_id column or the siteId parameter)")
-                check_meter(errors, "", replace(data, site_id=site_id or "-"), API_NAMES)
-                step.outcome.action = "created"
-                step.create = data
-            if errors.items:
-                step = _Step(
-                    ImportOutcome(
-                        row=row.line,
-                        action="failed",
-                        serial_number=echoed,
-                        errors=list(dict.fromkeys(errors.items)),
-                    )
-                )
-            plan.append(step)
-        return plan
+        # Pure CPU, ~1 s for 10,000 rows: off the event loop, which keeps serving meanwhile.
+        return await asyncio.to_thread(_plan_rows, rows, default_site, live_sites, existing)
 
     async def _apply_import(self, session: AsyncSession, caller: Caller, plan: list[_Step]) -> None:
         moment = now()
-        created: list[tuple[ImportOutcome, Meter]] = []
-        updated: list[tuple[Meter, list[str]]] = []
-        for step in plan:
-            if step.create is not None:
-                assert step.create.site_id is not None
-                meter = _new_meter(caller.organization_id, step.create.site_id, step.create, moment)
-                session.add(meter)
-                created.append((step.outcome, meter))
-            elif step.update is not None:
-                meter, merged, changed = step.update
-                _apply_to_meter(meter, merged)
-                meter.version += 1
-                meter.update_time = moment
-                updated.append((meter, [API_NAMES.get(name, name) for name in changed]))
-        await session.flush()
-        for outcome, meter in created:
-            outcome.meter_id = meter.id
-            await self._emit(session, events.METER_CREATED, events.meter_created(meter, moment))
-        for meter, changed in updated:
-            await self._emit(
-                session, events.METER_UPDATED, events.meter_updated(meter, changed, moment)
-            )
+        # In chunks: one flush of 10,000 meters holds the event loop for a second.
+        for start in range(0, len(plan), IMPORT_CHUNK):
+            created: list[tuple[ImportOutcome, Meter]] = []
+            updated: list[tuple[Meter, list[str]]] = []
+            for step in plan[start : start + IMPORT_CHUNK]:
+                if step.create is not None:
+                    assert step.create.site_id is not None
+                    meter = _new_meter(
+                        caller.organization_id, step.create.site_id, step.create, moment
+                    )
+                    session.add(meter)
+                    created.append((step.outcome, meter))
+                elif step.update is not None:
+                    meter, merged, changed = step.update
+                    _apply_to_meter(meter, merged)
+                    meter.version += 1
+                    meter.update_time = moment
+                    updated.append((meter, [API_NAMES.get(name, name) for name in changed]))
+            await session.flush()
+            for outcome, meter in created:
+                outcome.meter_id = meter.id
+                await self._emit(session, events.METER_CREATED, events.meter_created(meter, moment))
+            for meter, changed in updated:
+                await self._emit(
+                    session, events.METER_UPDATED, events.meter_updated(meter, changed, moment)
+                )
         summary = ImportSummary([step.outcome for step in plan], applied=True)
         await self._audit(
             session,
@@ -1060,6 +1009,75 @@ def _apply_to_meter(meter: Meter, data: MeterInput) -> None:
     meter.expected_interval_seconds = data.expected_interval_seconds
     meter.labels = dict(data.labels or {})
     meter.state = data.state.value
+
+
+def _plan_rows(
+    rows: Sequence[ImportRow],
+    default_site: str | None,
+    live_sites: Set[str],
+    existing: dict[str, Meter],
+) -> list[_Step]:
+    """What each row would do, given the live sites the rows name and the meters in service
+    with their serial numbers. Reads the meters, changes nothing: safe in a worker thread."""
+    first_line: dict[str, int] = {}
+    plan: list[_Step] = []
+    for row in rows:
+        values = row.values
+        serial = values.serial_number or ""
+        # A serial number is at most 64 characters; a longer one is reported shortened.
+        echoed = shorten(serial, 65)
+        step = _Step(ImportOutcome(row=row.line, action="failed", serial_number=echoed))
+        errors = Violations()
+        for name, description in row.errors:
+            errors.add(name, description)
+        if serial in first_line:
+            errors.add("serial_number", f"appears again (first on line {first_line[serial]})")
+        elif serial:
+            first_line[serial] = row.line
+        site_id = parse_id(values.site_id) if values.site_id else default_site
+        if values.site_id and site_id not in live_sites:
+            errors.add("site_id", f"site {quoted(values.site_id)} not found")
+        meter = existing.get(serial)
+        if meter is not None:
+            current = _meter_input(meter)
+            for name in sorted(IMMUTABLE_METER_FIELDS & row.provided):
+                if getattr(values, name) != getattr(current, name):
+                    errors.add(
+                        API_NAMES.get(name, name),
+                        f"cannot change the {name.replace('_', ' ')} of meter {serial} "
+                        "(decommission it and create a new one)",
+                    )
+            # An update moves the meter only if its row names a (live) site.
+            moved_to = site_id if values.site_id and site_id in live_sites else meter.site_id
+            merged = _apply_meter_changes(
+                current,
+                replace(values, site_id=moved_to),
+                row.provided - IMMUTABLE_METER_FIELDS,
+            )
+            check_meter(errors, "", merged, API_NAMES)
+            changed = _changed_fields(current, merged)
+            step.outcome.meter_id = meter.id
+            step.outcome.action = "updated" if changed else "unchanged"
+            if changed:
+                step.update = (meter, merged, changed)
+        else:
+            data = replace(values, site_id=site_id).with_defaults()
+            if site_id is None and not values.site_id:
+                errors.add("site_id", "is required (a site_id column or the siteId parameter)")
+            check_meter(errors, "", replace(data, site_id=site_id or "-"), API_NAMES)
+            step.outcome.action = "created"
+            step.create = data
+        if errors.items:
+            step = _Step(
+                ImportOutcome(
+                    row=row.line,
+                    action="failed",
+                    serial_number=echoed,
+                    errors=list(dict.fromkeys(errors.items)),
+                )
+            )
+        plan.append(step)
+    return plan
 
 
 def _import_violations(failed: list[ImportOutcome]) -> InvalidArgument:

@@ -10,7 +10,21 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, Select, and_, exists, func, or_, select, tuple_, update
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    String,
+    and_,
+    any_,
+    bindparam,
+    exists,
+    func,
+    or_,
+    select,
+    tuple_,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.devices.models import IngestKey, Meter, MeterAssignee, MeterToken, Site
@@ -23,6 +37,7 @@ DECOMMISSIONED = MeterState.DECOMMISSIONED.value
 # change or delete them, "share" (FOR SHARE) to add something that depends on them. A share
 # lock waits for a concurrent delete to commit and then sees its delete_time.
 RowLock = Literal["update", "share"]
+SERIAL_LOOKUP_CHUNK = 1000
 
 
 @dataclass(frozen=True)
@@ -186,19 +201,24 @@ async def meter_by_id(
 async def meters_in_service_by_serial(
     session: AsyncSession, organization_id: str, serials: Sequence[str]
 ) -> dict[str, Meter]:
-    """The organization's meters (not decommissioned) with these serial numbers, locked."""
-    if not serials:
-        return {}
-    found = await session.scalars(
-        select(Meter)
-        .where(
-            Meter.organization_id == organization_id,
-            Meter.state != DECOMMISSIONED,
-            Meter.serial_number.in_(serials),
+    """The organization's meters (not decommissioned) with these serial numbers, locked.
+
+    Asked in chunks, each serial numbers as one array parameter: an IN list of 10,000 takes
+    a second to render, and loading 10,000 meters at once holds the event loop as long."""
+    meters: dict[str, Meter] = {}
+    for start in range(0, len(serials), SERIAL_LOOKUP_CHUNK):
+        chunk = list(serials[start : start + SERIAL_LOOKUP_CHUNK])
+        found = await session.scalars(
+            select(Meter)
+            .where(
+                Meter.organization_id == organization_id,
+                Meter.state != DECOMMISSIONED,
+                Meter.serial_number == any_(bindparam("serials", chunk, type_=ARRAY(String))),
+            )
+            .with_for_update()
         )
-        .with_for_update()
-    )
-    return {meter.serial_number: meter for meter in found.all()}
+        meters.update((meter.serial_number, meter) for meter in found.all())
+    return meters
 
 
 async def list_meters(

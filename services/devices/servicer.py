@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from datetime import UTC, datetime
 from typing import Any
@@ -405,7 +406,9 @@ class DevicesServicer(devices_pb2_grpc.DeviceServiceServicer):
         # The site parameter first: another organization's site is NOT_FOUND before anything.
         if request.site_id:
             await self.domain.get_site(who, request.site_id)
-        rows = parse_csv(
+        # Pure CPU (a quarter of a second for 10,000 rows): off the event loop.
+        rows = await asyncio.to_thread(
+            parse_csv,
             request.csv.data,
             max_bytes=self.config.import_max_bytes,
             max_rows=self.config.import_max_rows,
@@ -417,7 +420,7 @@ class DevicesServicer(devices_pb2_grpc.DeviceServiceServicer):
             validate_only=request.validate_only,
             all_or_nothing=request.all_or_nothing,
         )
-        return import_response(summary)
+        return await asyncio.to_thread(import_response, summary)
 
     # --- credentials ----------------------------------------------------------------------
 

@@ -263,3 +263,32 @@ async def test_ten_thousand_bad_rows_get_an_answer(
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, refused.value.details()
     assert "9990 of the rows are invalid" in str(refused.value.details())
     assert len(await list_all_meters(http, admin)) == 10
+
+
+async def test_a_thousand_rows_and_more_create_then_update(http: httpx.AsyncClient) -> None:
+    """More rows than are looked up and written at once (the import works in chunks)."""
+    admin = await register(http)
+    site = await create_site(http, admin)
+    query = f"siteId={site['siteId']}"
+    rows = [f"K-{i:05},Meter {i},electricity,kWh,cumulative,15m,floor={i % 7}" for i in range(1200)]
+    created = await import_csv(http, admin, csv_of(rows), query)
+    assert created.status_code == 200, created.text[:500]
+    assert created.json()["createdCount"] == 1200
+    ids = [result["meterId"] for result in created.json()["results"]]
+    assert len(set(ids)) == 1200
+
+    rows[1034] = "K-01034,Renamed,electricity,kWh,cumulative,1h,"
+    again = await import_csv(http, admin, csv_of(rows), query)
+    assert again.status_code == 200, again.text[:500]
+    body = again.json()
+    assert (body["updatedCount"], body["unchangedCount"]) == (1, 1199)
+    assert [result["meterId"] for result in body["results"]] == ids
+    renamed = (await http.get(f"/v1/meters/{ids[1034]}", headers=admin.headers)).json()
+    assert (renamed["name"], renamed["expectedInterval"]) == ("Renamed", "3600s")
+
+    everything = [row.replace(",15m,", ",30m,").replace(",1h,", ",30m,") for row in rows]
+    updated = (await import_csv(http, admin, csv_of(everything), query)).json()
+    assert updated["updatedCount"] == 1200
+    meters = await list_all_meters(http, admin)
+    assert len(meters) == 1200
+    assert {meter["expectedInterval"] for meter in meters} == {"1800s"}
