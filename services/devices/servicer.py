@@ -94,6 +94,8 @@ IMPORT_ACTIONS = {
     "failed": devices_pb2.ImportMeterResult.ACTION_FAILED,
 }
 _CAMEL = re.compile(r"(?<!^)(?=[A-Z])")
+# Sort keys whose page-token positions are times; the others are text.
+TIME_SORT_KEYS = frozenset({"create_time", "last_seen_time"})
 
 
 def now() -> datetime:
@@ -204,15 +206,28 @@ def position_of(value: Any, identifier: str) -> list[Any]:
 
 
 def parse_position(raw: list[Any] | None, key: str) -> tuple[Any, str] | None:
+    """The keyset position in a page token, checked against the sort key: a token is only
+    opaque, not tamper-proof, and a value of the wrong type must not reach the query."""
     if raw is None:
         return None
+    invalid = InvalidArgument([("page_token", "is not a token this API issued")])
+    if len(raw) != 2:
+        raise invalid
+    value, identifier = raw
+    if not isinstance(identifier, str) or parse_id(identifier) != identifier:
+        raise invalid
+    # Every sort key is a time (as RFC 3339 text) or text; PostgreSQL text holds no NUL.
+    if not isinstance(value, str) or "\x00" in value:
+        raise invalid
+    if key not in TIME_SORT_KEYS:
+        return value, identifier
     try:
-        value, identifier = raw
-        if key in ("create_time", "last_seen_time"):
-            value = datetime.fromisoformat(str(value))
-        return value, str(identifier)
-    except (ValueError, TypeError):
-        raise InvalidArgument([("page_token", "is not a token this API issued")]) from None
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise invalid from None
+    if moment.tzinfo is None:
+        raise invalid
+    return moment, identifier
 
 
 def sort_value(resource: Any, key: str) -> Any:

@@ -4,6 +4,8 @@ nothing half-written, etags, decommissioning, filters and pagination under concu
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -367,6 +369,57 @@ async def test_list_filters_and_order(http: httpx.AsyncClient) -> None:
     assert "page_token" in violations(replayed)
     sites = (await http.get("/v1/sites?orderBy=name%20desc", headers=admin.headers)).json()
     assert [site["name"] for site in sites["sites"]] == ["South", "North"]
+
+
+def tampered(token: str, position: object) -> str:
+    """A page token with its position replaced (it is opaque, not signed)."""
+    data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+    data["p"] = position
+    raw = json.dumps(data, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+async def test_tampered_page_tokens_are_invalid(http: httpx.AsyncClient) -> None:
+    admin = await register(http)
+    site = await create_site(http, admin)
+    for i in range(3):
+        await create_meter(http, admin, site["siteId"], name=f"m{i}")
+    some_id = site["siteId"]
+    cases: list[tuple[str, object]] = [
+        ("orderBy=name", [5, some_id]),
+        ("orderBy=name", [None, some_id]),
+        ("orderBy=name", ["m1\u0000", some_id]),
+        ("orderBy=serial_number", [{"a": 1}, some_id]),
+        ("orderBy=serial_number%20desc", [["x"], some_id]),
+        ("orderBy=create_time", [1700000000, some_id]),
+        ("orderBy=create_time", ["2026-01-01T00:00:00", some_id]),  # no time zone
+        ("orderBy=last_seen_time", ["yesterday", some_id]),
+        ("orderBy=name", ["m1", 42]),
+        ("orderBy=name", ["m1", "not-an-id"]),
+        ("orderBy=name", ["m1"]),
+        ("orderBy=name", ["m1", some_id, "extra"]),
+    ]
+    for query, position in cases:
+        first = await http.get(f"/v1/meters?pageSize=1&{query}", headers=admin.headers)
+        token = tampered(first.json()["nextPageToken"], position)
+        response = await http.get(
+            f"/v1/meters?pageSize=1&{query}&pageToken={token}", headers=admin.headers
+        )
+        assert response.status_code == 400, (query, position, response.text)
+        assert "page_token" in violations(response), (query, position)
+    await create_site(http, admin)  # so that there is a next page
+    first = await http.get("/v1/sites?pageSize=1&orderBy=name", headers=admin.headers)
+    token = tampered(first.json()["nextPageToken"], [7, some_id])
+    response = await http.get(
+        f"/v1/sites?pageSize=1&orderBy=name&pageToken={token}", headers=admin.headers
+    )
+    assert response.status_code == 400, response.text
+    # A position of the right types is taken, whatever its values.
+    token = tampered(first.json()["nextPageToken"], ["A", some_id])
+    response = await http.get(
+        f"/v1/sites?pageSize=1&orderBy=name&pageToken={token}", headers=admin.headers
+    )
+    assert response.status_code == 200, response.text
 
 
 async def test_pagination_returns_every_meter_once_under_concurrent_inserts(
