@@ -393,6 +393,9 @@ class DevicesDomain:
         limit: int,
     ) -> list[Meter]:
         async with self.database.sessions() as session:
+            if filters.site_id is not None:
+                # A site the caller cannot see is NOT_FOUND, not an empty page.
+                await self._site(session, caller, filters.site_id)
             return await repository.list_meters(
                 session,
                 caller.organization_id,

@@ -24,7 +24,7 @@ from tests.e2e.device_steps import (
     unique_serial,
     while_site_is_deleted,
 )
-from tests.e2e.helpers import error_reason, register, violations
+from tests.e2e.helpers import Account, error_reason, register, violations
 
 
 @pytest.mark.parametrize(
@@ -193,6 +193,32 @@ async def test_nothing_lands_on_a_site_while_it_is_deleted(
     assert meters[0]["siteId"] == home["siteId"]
     keys = (await http.get("/v1/ingest-keys", headers=admin.headers)).json()
     assert keys.get("ingestKeys", []) == []
+
+
+async def test_listing_the_meters_of_a_site_one_cannot_see_is_not_found(
+    http: httpx.AsyncClient,
+) -> None:
+    admin, intruder = await register(http), await register(http)
+    site = await create_site(http, admin)
+    meter = await create_meter(http, admin, site["siteId"])
+    gone = await create_site(http, admin, name="Gone")
+    assert (await http.delete(f"/v1/sites/{gone['siteId']}", headers=admin.headers)).is_success
+    unknown = "00000000-0000-4000-8000-000000000000"
+
+    async def list_site(account: Account, site_id: str) -> httpx.Response:
+        return await http.get(f"/v1/meters?siteId={site_id}", headers=account.headers)
+
+    own = await list_site(admin, site["siteId"])
+    assert [m["meterId"] for m in own.json()["meters"]] == [meter["meterId"]]
+    for account, site_id in (
+        (intruder, site["siteId"]),
+        (admin, unknown),
+        (admin, gone["siteId"]),
+    ):
+        response = await list_site(account, site_id)
+        assert response.status_code == 404, (site_id, response.text)
+        assert error_reason(response) == "ERROR_REASON_NOT_FOUND"
+    assert "site_id" in violations(await list_site(admin, "not-a-uuid"))
 
 
 async def test_update_meter_with_mask_and_etag(

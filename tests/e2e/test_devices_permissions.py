@@ -320,6 +320,16 @@ async def test_a_viewer_sees_exactly_their_meters_and_sites(world: World) -> Non
         f"/v1/sites/{other_site['siteId']}", headers=world.accounts["viewer_assigned"].headers
     )
     assert hidden.status_code == 404
+    # Nor list the meters of a site they cannot see: NOT_FOUND, not an empty page.
+    for name, site_id, code in (
+        ("viewer_assigned", world.site_id, 200),
+        ("viewer_assigned", other_site["siteId"], 404),
+        ("viewer", world.site_id, 404),
+    ):
+        listed = await http.get(
+            f"/v1/meters?siteId={site_id}", headers=world.accounts[name].headers
+        )
+        assert listed.status_code == code, (name, site_id, listed.text)
     # An operator sees the whole organization; the other organization sees none of it.
     everything = (await http.get("/v1/meters", headers=world.accounts["operator"].headers)).json()
     assert len(everything["meters"]) >= 2

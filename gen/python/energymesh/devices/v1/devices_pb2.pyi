@@ -594,7 +594,9 @@ class ListMetersRequest(_message.Message):
     page_token: _builtins.str
     """next_page_token of a previous response with the same filters and order."""
     site_id: _builtins.str
-    """Only meters of this site."""
+    """Only meters of this site. NOT_FOUND when the caller cannot see the site (another
+    organization's, a deleted one, or for a viewer one holding none of their meters).
+    """
     commodity: Global___Commodity.ValueType
     """Only meters of this commodity."""
     state: Global___MeterState.ValueType

@@ -458,7 +458,8 @@ export type ListMetersRequest = Message<"energymesh.devices.v1.ListMetersRequest
   pageToken: string;
 
   /**
-   * Only meters of this site.
+   * Only meters of this site. NOT_FOUND when the caller cannot see the site (another
+   * organization's, a deleted one, or for a viewer one holding none of their meters).
    *
    * @generated from field: string site_id = 3;
    */
