@@ -626,7 +626,7 @@ class DevicesDomain:
     async def list_meter_tokens(self, caller: Caller, meter_id: str) -> list[MeterToken]:
         async with self.database.sessions() as session:
             meter = await self._meter(session, caller, meter_id)
-            return await repository.meter_tokens(session, meter.id)
+            return await repository.live_meter_tokens(session, meter.id, now())
 
     async def delete_meter_token(self, caller: Caller, meter_id: str, token_id: str) -> None:
         async with self.database.transaction() as session:
@@ -683,7 +683,7 @@ class DevicesDomain:
 
     async def list_ingest_keys(self, caller: Caller) -> list[IngestKey]:
         async with self.database.sessions() as session:
-            return await repository.ingest_keys(session, caller.organization_id)
+            return await repository.live_ingest_keys(session, caller.organization_id, now())
 
     async def delete_ingest_key(self, caller: Caller, key_id: str) -> None:
         async with self.database.transaction() as session:

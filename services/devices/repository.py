@@ -321,10 +321,17 @@ async def next_offline_time(session: AsyncSession) -> datetime | None:
 # --- credentials ------------------------------------------------------------------------------
 
 
-async def meter_tokens(session: AsyncSession, meter_id: str) -> list[MeterToken]:
+async def live_meter_tokens(
+    session: AsyncSession, meter_id: str, now: datetime
+) -> list[MeterToken]:
+    """A meter's tokens that still work: neither revoked nor expired."""
     query = (
         select(MeterToken)
-        .where(MeterToken.meter_id == meter_id, MeterToken.revoke_time.is_(None))
+        .where(
+            MeterToken.meter_id == meter_id,
+            MeterToken.revoke_time.is_(None),
+            or_(MeterToken.expire_time.is_(None), MeterToken.expire_time > now),
+        )
         .order_by(MeterToken.create_time, MeterToken.id)
     )
     return list((await session.scalars(query)).all())
@@ -360,10 +367,17 @@ async def revoke_meter_tokens(
     return list(revoked.all())
 
 
-async def ingest_keys(session: AsyncSession, organization_id: str) -> list[IngestKey]:
+async def live_ingest_keys(
+    session: AsyncSession, organization_id: str, now: datetime
+) -> list[IngestKey]:
+    """An organization's ingest keys that still work: neither revoked nor expired."""
     query = (
         select(IngestKey)
-        .where(IngestKey.organization_id == organization_id, IngestKey.revoke_time.is_(None))
+        .where(
+            IngestKey.organization_id == organization_id,
+            IngestKey.revoke_time.is_(None),
+            or_(IngestKey.expire_time.is_(None), IngestKey.expire_time > now),
+        )
         .order_by(IngestKey.create_time, IngestKey.id)
     )
     return list((await session.scalars(query)).all())

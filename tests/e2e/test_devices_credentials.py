@@ -19,7 +19,7 @@ from tests.e2e.device_steps import (
     find_event,
     rfc3339,
 )
-from tests.e2e.helpers import register
+from tests.e2e.helpers import eventually, register
 
 KIND = devices_pb2.AuthenticateCredentialResponse
 
@@ -106,6 +106,50 @@ async def test_tokens_expire_and_die_with_their_meter(
 
     await http.delete(f"/v1/meters/{meter['meterId']}", headers=admin.headers)
     assert await refused(devices_channel, created["token"]) == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_expired_credentials_are_not_listed(http: httpx.AsyncClient) -> None:
+    admin = await register(http)
+    site = await create_site(http, admin)
+    meter = await create_meter(http, admin, site["siteId"])
+    tokens_url = f"/v1/meters/{meter['meterId']}/tokens"
+    soon = rfc3339(datetime.now(UTC) + timedelta(seconds=1.5))
+    later = rfc3339(datetime.now(UTC) + timedelta(days=1))
+    expiring = await http.post(tokens_url, headers=admin.headers, json={"expireTime": soon})
+    lasting = await http.post(tokens_url, headers=admin.headers, json={"expireTime": later})
+    forever = await http.post(tokens_url, headers=admin.headers, json={})
+    key_body = {"displayName": "head-end", "expireTime": soon}
+    expiring_key = await http.post("/v1/ingest-keys", headers=admin.headers, json=key_body)
+    lasting_key = await http.post(
+        "/v1/ingest-keys", headers=admin.headers, json={"displayName": "SCADA"}
+    )
+
+    async def listed() -> tuple[list[str], list[str]]:
+        tokens = (await http.get(tokens_url, headers=admin.headers)).json()
+        keys = (await http.get("/v1/ingest-keys", headers=admin.headers)).json()
+        return (
+            [token["tokenId"] for token in tokens.get("meterTokens", [])],
+            [key["ingestKeyId"] for key in keys.get("ingestKeys", [])],
+        )
+
+    def token_ids(*responses: httpx.Response) -> list[str]:
+        return [response.json()["meterToken"]["tokenId"] for response in responses]
+
+    def key_ids(*responses: httpx.Response) -> list[str]:
+        return [response.json()["ingestKey"]["ingestKeyId"] for response in responses]
+
+    assert await listed() == (
+        token_ids(expiring, lasting, forever),
+        key_ids(expiring_key, lasting_key),
+    )
+
+    async def expired() -> bool:
+        return await listed() == (token_ids(lasting, forever), key_ids(lasting_key))
+
+    await eventually(expired, wait_seconds=10)
+    # An expired token can still be revoked, for the record.
+    revoked = await http.delete(f"{tokens_url}/{token_ids(expiring)[0]}", headers=admin.headers)
+    assert revoked.status_code == 200, revoked.text
 
 
 async def test_ingest_keys_cover_their_organization_or_site(

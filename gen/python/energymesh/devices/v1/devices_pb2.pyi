@@ -902,7 +902,7 @@ class MeterToken(_message.Message):
     """Public start of the token ("emt_…"), to recognise it; the rest is secret."""
     @_builtins.property
     def expire_time(self) -> _timestamp_pb2.Timestamp:
-        """When the token stops working; unset: never."""
+        """When the token stops working (and is no longer listed); unset: never."""
 
     @_builtins.property
     def last_used_time(self) -> _timestamp_pb2.Timestamp:
@@ -1070,7 +1070,7 @@ class IngestKey(_message.Message):
     """Public start of the key ("emk_…"), to recognise it; the rest is secret."""
     @_builtins.property
     def expire_time(self) -> _timestamp_pb2.Timestamp:
-        """When the key stops working; unset: never."""
+        """When the key stops working (and is no longer listed); unset: never."""
 
     @_builtins.property
     def last_used_time(self) -> _timestamp_pb2.Timestamp:

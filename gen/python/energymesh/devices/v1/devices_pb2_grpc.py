@@ -264,7 +264,8 @@ class DeviceServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListMeterTokens(self, request, context):
-        """Lists a meter's unrevoked tokens (metadata only, never the secret). Admin and manager.
+        """Lists a meter's live tokens, neither revoked nor expired (metadata only, never the
+        secret). Admin and manager.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -287,7 +288,8 @@ class DeviceServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListIngestKeys(self, request, context):
-        """Lists the organization's unrevoked ingest keys (metadata only). Admin and manager.
+        """Lists the organization's live ingest keys, neither revoked nor expired (metadata only).
+        Admin and manager.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

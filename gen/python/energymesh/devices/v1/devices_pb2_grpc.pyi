@@ -89,7 +89,9 @@ class DeviceServiceStub:
     response only; it is stored as a hash. Admin and manager.
     """
     ListMeterTokens: _grpc.UnaryUnaryMultiCallable[_devices_pb2.ListMeterTokensRequest, _devices_pb2.ListMeterTokensResponse]
-    """Lists a meter's unrevoked tokens (metadata only, never the secret). Admin and manager."""
+    """Lists a meter's live tokens, neither revoked nor expired (metadata only, never the
+    secret). Admin and manager.
+    """
     DeleteMeterToken: _grpc.UnaryUnaryMultiCallable[_devices_pb2.DeleteMeterTokenRequest, _empty_pb2.Empty]
     """Revokes a meter token: new streams are refused at once, open streams at their next batch
     (devices.credential.revoked tells telemetry to drop its cache). Admin and manager.
@@ -99,7 +101,9 @@ class DeviceServiceStub:
     optionally restricted to one site. The secret is in the response only. Admin and manager.
     """
     ListIngestKeys: _grpc.UnaryUnaryMultiCallable[_devices_pb2.ListIngestKeysRequest, _devices_pb2.ListIngestKeysResponse]
-    """Lists the organization's unrevoked ingest keys (metadata only). Admin and manager."""
+    """Lists the organization's live ingest keys, neither revoked nor expired (metadata only).
+    Admin and manager.
+    """
     DeleteIngestKey: _grpc.UnaryUnaryMultiCallable[_devices_pb2.DeleteIngestKeyRequest, _empty_pb2.Empty]
     """Revokes an ingest key, like DeleteMeterToken. Admin and manager."""
     CreateMeterAssignee: _grpc.UnaryUnaryMultiCallable[_devices_pb2.CreateMeterAssigneeRequest, _devices_pb2.MeterAssignee]
@@ -181,7 +185,9 @@ class DeviceServiceAsyncStub(DeviceServiceStub):
     response only; it is stored as a hash. Admin and manager.
     """
     ListMeterTokens: _aio.UnaryUnaryMultiCallable[_devices_pb2.ListMeterTokensRequest, _devices_pb2.ListMeterTokensResponse]  # type: ignore[assignment]
-    """Lists a meter's unrevoked tokens (metadata only, never the secret). Admin and manager."""
+    """Lists a meter's live tokens, neither revoked nor expired (metadata only, never the
+    secret). Admin and manager.
+    """
     DeleteMeterToken: _aio.UnaryUnaryMultiCallable[_devices_pb2.DeleteMeterTokenRequest, _empty_pb2.Empty]  # type: ignore[assignment]
     """Revokes a meter token: new streams are refused at once, open streams at their next batch
     (devices.credential.revoked tells telemetry to drop its cache). Admin and manager.
@@ -191,7 +197,9 @@ class DeviceServiceAsyncStub(DeviceServiceStub):
     optionally restricted to one site. The secret is in the response only. Admin and manager.
     """
     ListIngestKeys: _aio.UnaryUnaryMultiCallable[_devices_pb2.ListIngestKeysRequest, _devices_pb2.ListIngestKeysResponse]  # type: ignore[assignment]
-    """Lists the organization's unrevoked ingest keys (metadata only). Admin and manager."""
+    """Lists the organization's live ingest keys, neither revoked nor expired (metadata only).
+    Admin and manager.
+    """
     DeleteIngestKey: _aio.UnaryUnaryMultiCallable[_devices_pb2.DeleteIngestKeyRequest, _empty_pb2.Empty]  # type: ignore[assignment]
     """Revokes an ingest key, like DeleteMeterToken. Admin and manager."""
     CreateMeterAssignee: _aio.UnaryUnaryMultiCallable[_devices_pb2.CreateMeterAssigneeRequest, _devices_pb2.MeterAssignee]  # type: ignore[assignment]
@@ -348,7 +356,9 @@ class DeviceServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _devices_pb2.ListMeterTokensRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_devices_pb2.ListMeterTokensResponse, _abc.Awaitable[_devices_pb2.ListMeterTokensResponse]]:
-        """Lists a meter's unrevoked tokens (metadata only, never the secret). Admin and manager."""
+        """Lists a meter's live tokens, neither revoked nor expired (metadata only, never the
+        secret). Admin and manager.
+        """
 
     @_abc_1.abstractmethod
     def DeleteMeterToken(
@@ -376,7 +386,9 @@ class DeviceServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _devices_pb2.ListIngestKeysRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_devices_pb2.ListIngestKeysResponse, _abc.Awaitable[_devices_pb2.ListIngestKeysResponse]]:
-        """Lists the organization's unrevoked ingest keys (metadata only). Admin and manager."""
+        """Lists the organization's live ingest keys, neither revoked nor expired (metadata only).
+        Admin and manager.
+        """
 
     @_abc_1.abstractmethod
     def DeleteIngestKey(

@@ -833,7 +833,7 @@ export type MeterToken = Message<"energymesh.devices.v1.MeterToken"> & {
   prefix: string;
 
   /**
-   * When the token stops working; unset: never.
+   * When the token stops working (and is no longer listed); unset: never.
    *
    * @generated from field: google.protobuf.Timestamp expire_time = 5;
    */
@@ -1011,7 +1011,7 @@ export type IngestKey = Message<"energymesh.devices.v1.IngestKey"> & {
   prefix: string;
 
   /**
-   * When the key stops working; unset: never.
+   * When the key stops working (and is no longer listed); unset: never.
    *
    * @generated from field: google.protobuf.Timestamp expire_time = 6;
    */
@@ -1664,7 +1664,8 @@ export const DeviceService: GenService<{
     output: typeof CreateMeterTokenResponseSchema;
   },
   /**
-   * Lists a meter's unrevoked tokens (metadata only, never the secret). Admin and manager.
+   * Lists a meter's live tokens, neither revoked nor expired (metadata only, never the
+   * secret). Admin and manager.
    *
    * @generated from rpc energymesh.devices.v1.DeviceService.ListMeterTokens
    */
@@ -1696,7 +1697,8 @@ export const DeviceService: GenService<{
     output: typeof CreateIngestKeyResponseSchema;
   },
   /**
-   * Lists the organization's unrevoked ingest keys (metadata only). Admin and manager.
+   * Lists the organization's live ingest keys, neither revoked nor expired (metadata only).
+   * Admin and manager.
    *
    * @generated from rpc energymesh.devices.v1.DeviceService.ListIngestKeys
    */
