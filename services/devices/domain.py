@@ -13,6 +13,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence, Set
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from typing import Any
 
 from google.protobuf.any_pb2 import Any as AnyProto
@@ -29,7 +30,7 @@ from services.devices.credentials import (
     new_credential,
     parse_credential,
 )
-from services.devices.importer import ImportRow
+from services.devices.importer import ImportRow, parse_csv
 from services.devices.models import IngestKey, Meter, MeterAssignee, MeterToken, Site
 from services.devices.repository import MeterFilters, Ordering, RowLock
 from services.devices.resources import etag as current_etag
@@ -127,12 +128,21 @@ class Authentication:
     expire_time: datetime | None
 
 
+class ImportAction(StrEnum):
+    """What happened to one CSV row."""
+
+    CREATED = "created"
+    UPDATED = "updated"
+    UNCHANGED = "unchanged"
+    FAILED = "failed"
+
+
 @dataclass
 class ImportOutcome:
     """The result of one CSV row."""
 
     row: int
-    action: str  # created, updated, unchanged, failed
+    action: ImportAction
     serial_number: str
     meter_id: str = ""
     errors: list[tuple[str, str]] = field(default_factory=list)
@@ -147,15 +157,12 @@ class _Step:
     update: tuple[Meter, MeterInput, list[str]] | None = None
 
 
-IMPORT_ACTIONS = ("created", "updated", "unchanged", "failed")
-
-
 @dataclass(frozen=True)
 class ImportSummary:
     outcomes: list[ImportOutcome]
     applied: bool
 
-    def count(self, action: str) -> int:
+    def count(self, action: ImportAction) -> int:
         return sum(1 for outcome in self.outcomes if outcome.action == action)
 
 
@@ -497,14 +504,18 @@ class DevicesDomain:
     async def import_meters(
         self,
         caller: Caller,
-        rows: Sequence[ImportRow],
+        document: bytes,
         default_site_id: str,
         *,
+        max_bytes: int,
+        max_rows: int,
         validate_only: bool,
         all_or_nothing: bool,
     ) -> ImportSummary:
-        """Plans every row against the current meters (locked), then writes the valid rows
-        in the same transaction: nothing half-written, whatever fails."""
+        """Reads the CSV document, plans every row against the current meters (locked), then
+        writes the valid rows in the same transaction: nothing half-written, whatever fails.
+        The default site comes first: another organization's is NOT_FOUND before anything
+        about the document is said."""
         try:
             async with self.database.transaction() as session:
                 default_site = (
@@ -512,9 +523,13 @@ class DevicesDomain:
                     if default_site_id
                     else None
                 )
+                # Pure CPU (a quarter of a second for 10,000 rows): off the event loop.
+                rows = await asyncio.to_thread(
+                    parse_csv, document, max_bytes=max_bytes, max_rows=max_rows
+                )
                 plan = await self._plan_import(session, caller, rows, default_site)
                 outcomes = [step.outcome for step in plan]
-                failed = [outcome for outcome in outcomes if outcome.action == "failed"]
+                failed = [outcome for outcome in outcomes if outcome.action is ImportAction.FAILED]
                 if failed and all_or_nothing:
                     raise _import_violations(failed)
                 if validate_only:
@@ -582,7 +597,7 @@ class DevicesDomain:
             caller,
             "devices.meters.imported",
             "meters",
-            {action: summary.count(action) for action in IMPORT_ACTIONS},
+            {action.value: summary.count(action) for action in ImportAction},
         )
 
     # --- credentials ----------------------------------------------------------------------
@@ -1029,7 +1044,7 @@ def _plan_rows(
         serial = values.serial_number or ""
         # A serial number is at most 64 characters; a longer one is reported shortened.
         echoed = shorten(serial, 65)
-        step = _Step(ImportOutcome(row=row.line, action="failed", serial_number=echoed))
+        step = _Step(ImportOutcome(row=row.line, action=ImportAction.FAILED, serial_number=echoed))
         errors = Violations()
         for name, description in row.errors:
             errors.add(name, description)
@@ -1060,7 +1075,7 @@ def _plan_rows(
             check_meter(errors, "", merged, API_NAMES)
             changed = _changed_fields(current, merged)
             step.outcome.meter_id = meter.id
-            step.outcome.action = "updated" if changed else "unchanged"
+            step.outcome.action = ImportAction.UPDATED if changed else ImportAction.UNCHANGED
             if changed:
                 step.update = (meter, merged, changed)
         else:
@@ -1068,13 +1083,13 @@ def _plan_rows(
             if site_id is None and not values.site_id:
                 errors.add("site_id", "is required (a site_id column or the siteId parameter)")
             check_meter(errors, "", replace(data, site_id=site_id or "-"), API_NAMES)
-            step.outcome.action = "created"
+            step.outcome.action = ImportAction.CREATED
             step.create = data
         if errors.items:
             step = _Step(
                 ImportOutcome(
                     row=row.line,
-                    action="failed",
+                    action=ImportAction.FAILED,
                     serial_number=echoed,
                     errors=list(dict.fromkeys(errors.items)),
                 )

@@ -159,17 +159,6 @@ class MeterInput:
         )
 
 
-MUTABLE_METER_FIELDS = frozenset(
-    {
-        "site_id",
-        "name",
-        "multiplier",
-        "rollover_value",
-        "expected_interval_seconds",
-        "labels",
-        "state",
-    }
-)
 IMMUTABLE_METER_FIELDS = frozenset(
     {"serial_number", "commodity", "direction", "unit", "register_type"}
 )

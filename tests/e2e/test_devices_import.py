@@ -166,6 +166,11 @@ async def test_malformed_documents_are_invalid(http: httpx.AsyncClient) -> None:
         response = await import_csv(http, admin, body, query)
         assert response.status_code == 400, (body, response.text)
         assert fragment in violations(response).get(field, ""), (body, response.text)
+    # Another organization's site is NOT_FOUND before anything is said about the document.
+    other = await register(http)
+    for body, _, _ in cases:
+        foreign = await import_csv(http, other, body, query)
+        assert foreign.status_code == 404, (body, foreign.text)
     missing_site = await import_csv(http, admin, csv_of(["NOSITE,n,gas,m3,cumulative,1h,"]))
     assert missing_site.json()["results"][0]["errors"][0]["field"] == "site_id"
     assert await list_all_meters(http, admin) == []

@@ -7,9 +7,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from energymesh.devices.v1 import devices_pb2
 from services.devices.credentials import matches, new_credential, parse_credential
+from services.devices.domain import ImportAction
 from services.devices.events import readings_committed_from_json
 from services.devices.importer import parse_csv
+from services.devices.servicer import import_action
 from services.devices.validation import (
     Commodity,
     Connectivity,
@@ -167,3 +170,10 @@ def test_readings_committed_payload() -> None:
     for bad in (b"[]", b"{", b'{"organizationId":"o","meterId":"m"}', b'{"lastTime":"x"}'):
         with pytest.raises(ValueError, match=r"."):
             readings_committed_from_json(bad)
+
+
+def test_every_import_action_has_its_api_value() -> None:
+    api = devices_pb2.ImportMeterResult.Action
+    assert {import_action(action) for action in ImportAction} == set(api.values()) - {
+        api.ACTION_UNSPECIFIED
+    }
