@@ -220,8 +220,11 @@ class DeviceServiceServicer:
 
     def ListMeters(self, request, context):
         """Lists meters with filters. Viewers only see meters assigned to them. Page tokens are
-        keyset positions: every meter that existed when the listing began is returned exactly
-        once, even while meters are being created.
+        keyset positions (the sort value and the meter id of the last meter returned), so meters
+        created while paging do not shift the pages. Ordered by create_time or serial_number,
+        which never change, every meter that existed when the listing began and still matches
+        the filters is returned exactly once. Ordered by name or last_seen_time, a meter whose
+        value changes while paging moves: it may be skipped, or returned twice.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

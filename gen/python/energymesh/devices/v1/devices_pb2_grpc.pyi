@@ -65,8 +65,11 @@ class DeviceServiceStub:
     """Returns a meter. Viewers only see meters assigned to them."""
     ListMeters: _grpc.UnaryUnaryMultiCallable[_devices_pb2.ListMetersRequest, _devices_pb2.ListMetersResponse]
     """Lists meters with filters. Viewers only see meters assigned to them. Page tokens are
-    keyset positions: every meter that existed when the listing began is returned exactly
-    once, even while meters are being created.
+    keyset positions (the sort value and the meter id of the last meter returned), so meters
+    created while paging do not shift the pages. Ordered by create_time or serial_number,
+    which never change, every meter that existed when the listing began and still matches
+    the filters is returned exactly once. Ordered by name or last_seen_time, a meter whose
+    value changes while paging moves: it may be skipped, or returned twice.
     """
     UpdateMeter: _grpc.UnaryUnaryMultiCallable[_devices_pb2.UpdateMeterRequest, _devices_pb2.Meter]
     """Updates the fields named in update_mask. When meter.etag is set and no longer matches
@@ -161,8 +164,11 @@ class DeviceServiceAsyncStub(DeviceServiceStub):
     """Returns a meter. Viewers only see meters assigned to them."""
     ListMeters: _aio.UnaryUnaryMultiCallable[_devices_pb2.ListMetersRequest, _devices_pb2.ListMetersResponse]  # type: ignore[assignment]
     """Lists meters with filters. Viewers only see meters assigned to them. Page tokens are
-    keyset positions: every meter that existed when the listing began is returned exactly
-    once, even while meters are being created.
+    keyset positions (the sort value and the meter id of the last meter returned), so meters
+    created while paging do not shift the pages. Ordered by create_time or serial_number,
+    which never change, every meter that existed when the listing began and still matches
+    the filters is returned exactly once. Ordered by name or last_seen_time, a meter whose
+    value changes while paging moves: it may be skipped, or returned twice.
     """
     UpdateMeter: _aio.UnaryUnaryMultiCallable[_devices_pb2.UpdateMeterRequest, _devices_pb2.Meter]  # type: ignore[assignment]
     """Updates the fields named in update_mask. When meter.etag is set and no longer matches
@@ -302,8 +308,11 @@ class DeviceServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_devices_pb2.ListMetersResponse, _abc.Awaitable[_devices_pb2.ListMetersResponse]]:
         """Lists meters with filters. Viewers only see meters assigned to them. Page tokens are
-        keyset positions: every meter that existed when the listing began is returned exactly
-        once, even while meters are being created.
+        keyset positions (the sort value and the meter id of the last meter returned), so meters
+        created while paging do not shift the pages. Ordered by create_time or serial_number,
+        which never change, every meter that existed when the listing began and still matches
+        the filters is returned exactly once. Ordered by name or last_seen_time, a meter whose
+        value changes while paging moves: it may be skipped, or returned twice.
         """
 
     @_abc_1.abstractmethod

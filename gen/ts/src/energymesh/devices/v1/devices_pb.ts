@@ -1605,8 +1605,11 @@ export const DeviceService: GenService<{
   },
   /**
    * Lists meters with filters. Viewers only see meters assigned to them. Page tokens are
-   * keyset positions: every meter that existed when the listing began is returned exactly
-   * once, even while meters are being created.
+   * keyset positions (the sort value and the meter id of the last meter returned), so meters
+   * created while paging do not shift the pages. Ordered by create_time or serial_number,
+   * which never change, every meter that existed when the listing began and still matches
+   * the filters is returned exactly once. Ordered by name or last_seen_time, a meter whose
+   * value changes while paging moves: it may be skipped, or returned twice.
    *
    * @generated from rpc energymesh.devices.v1.DeviceService.ListMeters
    */
