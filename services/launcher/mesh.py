@@ -319,8 +319,9 @@ class Mesh:
             LOG_LEVEL=self.config.log_level,
             PYTHONUNBUFFERED="1",
         )
-        if any(other.name == "auth" for other in self.services):
-            env["AUTH_GRPC_ADDRESS"] = self.service_address("auth")
+        # Every service finds the others at <NAME>_GRPC_ADDRESS (AUTH_GRPC_ADDRESS, ...).
+        for other in self.services:
+            env[f"{other.name.upper()}_GRPC_ADDRESS"] = self.service_address(other.name)
         env.update(self.config.env)
         return env
 
