@@ -519,8 +519,12 @@ class Telemetry:
                 REGISTER_TYPES.get(str(meter.get("registerType", "")), 0),
                 float(meter["rolloverValue"]) if "rolloverValue" in meter else None,
             )
+            state = METER_STATES.get(str(meter.get("state", "")), 0)
+            known = self.access.catalog.get(meter_id)
             self.access.catalog.put(meter_id, rules)
             self.access.meter_changed(meter_id)
+            if known == rules and subject != METER_DECOMMISSIONED:
+                return  # replayed at startup, or a change that does not concern readings
             updated = meter.get("updateTime")
             async with self.database.transaction() as session:
                 await repository.upsert_meter_info(
@@ -530,7 +534,7 @@ class Telemetry:
                         "organization_id": str(meter.get("organizationId", "")),
                         "register_type": rules.register_type,
                         "rollover_value": rules.rollover_value,
-                        "state": METER_STATES.get(str(meter.get("state", "")), 0),
+                        "state": state,
                         "update_time": datetime.fromisoformat(updated)
                         if isinstance(updated, str)
                         else datetime.now(UTC),

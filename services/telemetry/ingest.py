@@ -29,20 +29,23 @@ import uuid
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 from datetime import UTC, datetime
 
 import numpy as np
 import numpy.typing as npt
 import psycopg
 import sqlalchemy.exc
+from sqlalchemy.ext.asyncio import AsyncSession
 from energymesh.telemetry.v1 import events_pb2, telemetry_pb2
-from google.protobuf import timestamp_pb2
+from google.protobuf import json_format, timestamp_pb2
 from google.rpc import code_pb2, status_pb2
 
 from services.kernel.database import Database
 from services.kernel.errors import DomainError, Unavailable
-from services.kernel.outbox import Outbox
+from services.kernel.outbox import Outbox, event_headers
 from services.telemetry.events import READINGS_COMMITTED
+from services.telemetry.models import OUTBOX
 from services.telemetry.partitions import Partitions
 
 log = logging.getLogger(__name__)
@@ -71,6 +74,23 @@ CUMULATIVE = 1
 COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
 COPY_TRAILER = b"\xff\xff"
 PG_EPOCH_MS = 946_684_800_000  # 2000-01-01T00:00:00Z, where timestamptz counts from
+READING_ROW = np.dtype(
+    [
+        ("fields", ">i2"),
+        ("meter_len", ">i4"),
+        ("meter", "V16"),
+        ("time_len", ">i4"),
+        ("time", ">i8"),
+        ("value_len", ">i4"),
+        ("value", ">f8"),
+    ]
+)
+COPY_READINGS = "COPY telemetry.readings (meter_id, time, value) FROM STDIN (FORMAT BINARY)"
+COPY_STAGING = (
+    "COPY telemetry_ingest_staging (meter_id, time, value, seq) FROM STDIN (FORMAT BINARY)"
+)
+# After a direct COPY met stored keys, this many groups go through staging straight away.
+DIRECT_BACKOFF_GROUPS = 4
 STAGING_ROW = np.dtype(
     [
         ("fields", ">i2"),
@@ -313,6 +333,7 @@ class GroupCommitWriter:
         self._max_group = max_group_readings
         self._queue: deque[PendingBatch] = deque()
         self._wakeup = asyncio.Event()
+        self._skip_direct = 0
         self.stats = IngestStats()
 
     def submit(self, batch: PendingBatch) -> asyncio.Future[telemetry_pb2.BatchResult]:
@@ -415,7 +436,7 @@ class GroupCommitWriter:
                     for position, result in zip(writing, fresh, strict=True):
                         results[position] = result
                     await self._record_batches(cursor, group, writing, results, now)
-                    await self._emit_events(session, group, writing, results, fresh_times=None)
+                    await self._emit_events(session, group, writing, *self._last_accepted)
         self._outbox.wake()
         for position, leader in followers.items():
             copy = telemetry_pb2.BatchResult()
@@ -463,43 +484,12 @@ class GroupCommitWriter:
         repeated[order] = repeated_sorted
         staged = np.flatnonzero(~repeated)
 
-        stored_value = np.full(total, np.nan)
-        existed = np.zeros(total, dtype=bool)
-        if len(staged):
-            await cursor.execute(CREATE_STAGING)
-            rows = np.zeros(len(staged), dtype=STAGING_ROW)
-            rows["fields"] = 4
-            rows["meter_len"] = 16
-            rows["time_len"] = 8
-            rows["value_len"] = 8
-            rows["seq_len"] = 4
-            uuids = np.frombuffer(
-                b"".join(uuid.UUID(meter_id).bytes for meter_id in meter_ids), dtype="V16"
-            )
-            rows["meter"] = uuids[meters[staged]]
-            rows["time"] = (times[staged] - PG_EPOCH_MS) * 1000
-            rows["value"] = values[staged]
-            rows["seq"] = staged
-            async with cursor.copy(
-                "COPY telemetry_ingest_staging (meter_id, time, value, seq) FROM STDIN (FORMAT BINARY)"
-            ) as copy:
-                await copy.write(COPY_HEADER + rows.tobytes() + COPY_TRAILER)
-            await cursor.execute(INSERT_STAGED)
-            inserted_row = await cursor.fetchone()
-            inserted = int(inserted_row[0]) if inserted_row else 0  # type: ignore[index]
-            if inserted < len(staged):
-                await cursor.execute(STORED_BEFORE)
-                found = await cursor.fetchall()
-                if inserted + len(found) != len(staged):
-                    # Another transaction inserted some keys while we waited on them.
-                    raise RetryGroup(f"{len(staged) - inserted - len(found)} keys in flux")
-                if found:
-                    seqs = np.fromiter((row[0] for row in found), dtype=np.int64, count=len(found))  # type: ignore[index]
-                    stored = np.fromiter(
-                        (row[1] for row in found), dtype=np.float64, count=len(found)
-                    )  # type: ignore[index]
-                    existed[seqs] = True
-                    stored_value[seqs] = stored
+        uuids = np.frombuffer(
+            b"".join(uuid.UUID(meter_id).bytes for meter_id in meter_ids), dtype="V16"
+        )
+        existed, stored_value = await self._store(
+            cursor, uuids[meters[staged]], times[staged], values[staged], staged, total
+        )
         # What is stored for each key now: the older value, or what its leader just wrote.
         effective = np.where(existed, stored_value, values)
         reference = effective[leader]
@@ -574,6 +564,77 @@ class GroupCommitWriter:
             )
         return results
 
+    async def _store(
+        self,
+        cursor: psycopg.AsyncCursor[object],
+        meters: npt.NDArray[np.void],
+        times: Int64s,
+        values: Floats,
+        seqs: Int64s,
+        total: int,
+    ) -> tuple[npt.NDArray[np.bool_], Floats]:
+        """Stores the group's unique readings. Returns, per reading of the group, whether its
+        (meter, time) was stored before and the value stored then."""
+        existed = np.zeros(total, dtype=bool)
+        stored_value = np.full(total, np.nan)
+        if not len(seqs):
+            return existed, stored_value
+        if self._skip_direct == 0:
+            # Fast path for new data: COPY straight into readings. A key stored before makes
+            # the COPY fail (unique violation); then the savepoint is rolled back and the
+            # staging path below sorts duplicates from conflicts.
+            rows = np.zeros(len(seqs), dtype=READING_ROW)
+            rows["fields"] = 3
+            rows["meter_len"] = 16
+            rows["time_len"] = 8
+            rows["value_len"] = 8
+            rows["meter"] = meters
+            rows["time"] = (times - PG_EPOCH_MS) * 1000
+            rows["value"] = values
+            await cursor.execute("SAVEPOINT ingest_direct")
+            try:
+                async with cursor.copy(COPY_READINGS) as copy:
+                    await copy.write(COPY_HEADER + rows.tobytes() + COPY_TRAILER)
+            except psycopg.errors.UniqueViolation:
+                await cursor.execute("ROLLBACK TO SAVEPOINT ingest_direct")
+                # Back in the top-level transaction, whose xid STORED_BEFORE compares with.
+                await cursor.execute("RELEASE SAVEPOINT ingest_direct")
+                self._skip_direct = DIRECT_BACKOFF_GROUPS
+            else:
+                await cursor.execute("RELEASE SAVEPOINT ingest_direct")
+                return existed, stored_value
+        else:
+            self._skip_direct -= 1
+        await cursor.execute(CREATE_STAGING)
+        rows = np.zeros(len(seqs), dtype=STAGING_ROW)
+        rows["fields"] = 4
+        rows["meter_len"] = 16
+        rows["time_len"] = 8
+        rows["value_len"] = 8
+        rows["seq_len"] = 4
+        rows["meter"] = meters
+        rows["time"] = (times - PG_EPOCH_MS) * 1000
+        rows["value"] = values
+        rows["seq"] = seqs
+        async with cursor.copy(COPY_STAGING) as copy:
+            await copy.write(COPY_HEADER + rows.tobytes() + COPY_TRAILER)
+        await cursor.execute(INSERT_STAGED)
+        inserted_row = await cursor.fetchone()
+        inserted = int(inserted_row[0]) if inserted_row else 0  # type: ignore[index]
+        if inserted < len(seqs):
+            await cursor.execute(STORED_BEFORE)
+            found: list[Any] = await cursor.fetchall()
+            if inserted + len(found) != len(seqs):
+                # Another transaction inserted some keys while we waited on them.
+                raise RetryGroup(f"{len(seqs) - inserted - len(found)} keys in flux")
+            if found:
+                positions = np.fromiter((row[0] for row in found), np.int64, len(found))
+                existed[positions] = True
+                stored_value[positions] = np.fromiter(
+                    (row[1] for row in found), np.float64, len(found)
+                )
+        return existed, stored_value
+
     async def _record_batches(
         self,
         cursor: psycopg.AsyncCursor[object],
@@ -605,34 +666,47 @@ class GroupCommitWriter:
 
     async def _emit_events(
         self,
-        session: object,
+        session: AsyncSession,
         group: Sequence[PendingBatch],
         writing: Sequence[int],
-        results: Sequence[telemetry_pb2.BatchResult | None],
-        fresh_times: None,
+        accepted_times: Int64s,
+        accepted_owner: npt.NDArray[np.int32],
     ) -> None:
-        """One telemetry.readings.committed per meter that got new readings."""
-        del fresh_times
-        times, owner = self._last_accepted
-        if not len(times):
+        """One telemetry.readings.committed per meter that got new readings, all queued in
+        the outbox with one statement."""
+        if not len(accepted_times):
             return
-        per_meter: dict[str, list[int]] = {}
-        for i, position in enumerate(writing):
-            if results[position] is not None and results[position].accepted:  # type: ignore[union-attr]
-                per_meter.setdefault(group[position].meter_id, []).append(i)
-        for meter_id, owners in per_meter.items():
-            mask = np.isin(owner, owners)
-            meter_times = times[mask]
-            batches = [group[writing[i]] for i in owners]
+        meter_of = np.array([group[position].meter_id for position in writing])
+        meters = meter_of[accepted_owner]
+        order = np.argsort(meters, kind="stable")
+        meters, times, owners = meters[order], accepted_times[order], accepted_owner[order]
+        starts = np.flatnonzero(np.r_[True, meters[1:] != meters[:-1]])
+        firsts = np.minimum.reduceat(times, starts)
+        lasts = np.maximum.reduceat(times, starts)
+        counts = np.diff(np.r_[starts, len(meters)])
+        rows = []
+        for i, start in enumerate(starts.tolist()):
+            stop = start + int(counts[i])
+            batches = [group[writing[o]] for o in np.unique(owners[start:stop]).tolist()]
             event = events_pb2.ReadingsCommitted(
                 organization_id=batches[0].organization_id,
-                meter_id=meter_id,
-                first_time=timestamp_of_ms(int(meter_times.min())),
-                last_time=timestamp_of_ms(int(meter_times.max())),
-                count=len(meter_times),
+                meter_id=str(meters[start]),
+                first_time=timestamp_of_ms(int(firsts[i])),
+                last_time=timestamp_of_ms(int(lasts[i])),
+                count=int(counts[i]),
                 batch_ids=[b.batch_id for b in batches if b.batch_id],
             )
-            await self._outbox.add(session, READINGS_COMMITTED, event)  # type: ignore[arg-type]
+            message_id = str(uuid.uuid4())
+            rows.append(
+                {
+                    "id": message_id,
+                    "subject": READINGS_COMMITTED,
+                    "payload": json_format.MessageToJson(event, indent=None).encode(),
+                    "headers": event_headers(event, message_id),
+                }
+            )
+        # The kernel's Outbox.add, for many events in one round trip.
+        await session.execute(OUTBOX.insert(), rows)
 
 
 def refused_result(
