@@ -289,7 +289,9 @@ class ReadingStream:
                     await writer
                 call.cancel()
 
-    async def _write(self, call: grpc.aio.StreamStreamCall[object, object]) -> None:
+    async def _write(
+        self, call: grpc.aio.StreamStreamCall[telemetry_pb2.ReadingBatch, telemetry_pb2.BatchAck]
+    ) -> None:
         sent: set[str] = set()
         while True:
             self._changed.clear()

@@ -89,6 +89,7 @@ COPY_READINGS = "COPY telemetry.readings (meter_id, time, value) FROM STDIN (FOR
 COPY_STAGING = (
     "COPY telemetry_ingest_staging (meter_id, time, value, seq) FROM STDIN (FORMAT BINARY)"
 )
+COMMITTERS = 2
 # After a direct COPY met stored keys, this many groups go through staging straight away.
 DIRECT_BACKOFF_GROUPS = 4
 STAGING_ROW = np.dtype(
@@ -344,15 +345,21 @@ class GroupCommitWriter:
         return batch.future
 
     async def run(self) -> None:
+        """Two committers: while one waits on PostgreSQL the other prepares its group, so
+        neither the database nor this process idles. Acks stay in order per stream (streams
+        await their batches' results in order)."""
+        await asyncio.gather(*(self._committer() for _ in range(COMMITTERS)))
+
+    async def _committer(self) -> None:
         while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            while self._queue:
-                group = self._take_group()
-                try:
-                    await self._commit_with_retry(group)
-                finally:
-                    self._buffer.release(group)
+            while not self._queue:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            group = self._take_group()
+            try:
+                await self._commit_with_retry(group)
+            finally:
+                self._buffer.release(group)
 
     def _take_group(self) -> list[PendingBatch]:
         group = [self._queue.popleft()]
@@ -420,9 +427,10 @@ class GroupCommitWriter:
                         BATCHES_DONE,
                         ([key[0] for key in leaders], [key[1] for key in leaders]),
                     )
-                    for meter_id, batch_id, stored in await cursor.fetchall():
+                    done: list[Any] = await cursor.fetchall()
+                    for meter_id, batch_id, stored_result in done:
                         position = leaders[(str(meter_id), str(batch_id))]
-                        result = telemetry_pb2.BatchResult.FromString(bytes(stored))
+                        result = telemetry_pb2.BatchResult.FromString(bytes(stored_result))
                         result.batch_index = group[position].index
                         result.replayed = True
                         results[position] = result
