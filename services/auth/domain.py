@@ -322,9 +322,7 @@ class AuthDomain:
             user.email_verified = True
             self._audit(session, user.organization_id, user.id, "auth.email.verified", user)
 
-    async def _redeem(
-        self, session: AsyncSession, token: str, purpose: str
-    ) -> User:
+    async def _redeem(self, session: AsyncSession, token: str, purpose: str) -> User:
         stored = await repository.one_time_token(session, token_hash(token), purpose)
         user = await repository.user_by_id(session, stored.user_id) if stored else None
         if (

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from energymesh.auth.v1 import auth_pb2, events_pb2
 from google.protobuf import json_format, timestamp_pb2
 from nats.aio.msg import Msg
 
+from energymesh.auth.v1 import auth_pb2, events_pb2
 from services.auth.models import AuditEvent, User
 from services.kernel.messaging import PoisonMessage, Stream
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -28,6 +29,11 @@ class ActiveKey:
     kid: str
     private_key: Ed25519PrivateKey
     create_time: datetime
+    loaded_at: float
+
+
+# How long a replica signs with its cached key before checking whether another replica rotated.
+RELOAD_SECONDS = 60.0
 
 
 class Keyring:
@@ -43,7 +49,11 @@ class Keyring:
     async def active(self) -> ActiveKey:
         """The key that signs new tokens, rotated once it is older than the rotation period."""
         key = self._active
-        if key is None or datetime.now(UTC) - key.create_time >= self._rotation:
+        if (
+            key is None
+            or datetime.now(UTC) - key.create_time >= self._rotation
+            or time.monotonic() - key.loaded_at >= RELOAD_SECONDS
+        ):
             key = await self._load_or_rotate()
             self._active = key
         return key
@@ -86,7 +96,7 @@ class Keyring:
             private = await asyncio.to_thread(
                 load_private_key, current.private_key_pem, self._secret
             )
-            return ActiveKey(current.kid, private, current.create_time)
+            return ActiveKey(current.kid, private, current.create_time, time.monotonic())
 
     async def jwks(self) -> Mapping[str, Any]:
         """Public keys of the active key and of retired keys whose tokens may still be valid."""

@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import timedelta
 
 import grpc
-from energymesh.auth.v1 import auth_pb2_grpc
 from nats.aio.msg import Msg
 
+from energymesh.auth.v1 import auth_pb2_grpc
 from services.auth import SERVICE_INFO
 from services.auth.config import AuthConfig
 from services.auth.domain import AuthDomain

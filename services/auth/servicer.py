@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from energymesh.auth.v1 import auth_pb2, auth_pb2_grpc
 from google.protobuf import empty_pb2, json_format, struct_pb2
 from google.protobuf.message import Message
 
+from energymesh.auth.v1 import auth_pb2, auth_pb2_grpc
 from services.auth.domain import AuthDomain, Session, UserChanges
 from services.auth.events import timestamp
 from services.auth.models import AuditEvent, User

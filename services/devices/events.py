@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from energymesh.auth.v1 import auth_pb2
-from energymesh.devices.v1 import devices_pb2, events_pb2
 from google.protobuf import field_mask_pb2, struct_pb2
 
+from energymesh.auth.v1 import auth_pb2
+from energymesh.devices.v1 import devices_pb2, events_pb2
 from services.devices.models import IngestKey, Meter, MeterToken, Site
 from services.devices.resources import (
     CONNECTIVITIES,

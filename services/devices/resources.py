@@ -6,9 +6,9 @@ from __future__ import annotations
 import hashlib
 from datetime import datetime
 
-from energymesh.devices.v1 import devices_pb2
 from google.protobuf import duration_pb2, timestamp_pb2
 
+from energymesh.devices.v1 import devices_pb2
 from services.devices.models import IngestKey, Meter, MeterAssignee, MeterToken, Site
 from services.devices.validation import (
     Commodity,

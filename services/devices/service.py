@@ -4,9 +4,9 @@ work (outbox relay, the telemetry consumer, the connectivity monitor)."""
 from __future__ import annotations
 
 import grpc
-from energymesh.devices.v1 import devices_pb2_grpc
 from nats.aio.msg import Msg
 
+from energymesh.devices.v1 import devices_pb2_grpc
 from services.devices import SERVICE_INFO
 from services.devices.config import DevicesConfig
 from services.devices.domain import DevicesDomain

@@ -6,11 +6,11 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
-from energymesh.devices.v1 import devices_pb2, devices_pb2_grpc
 from google.protobuf import empty_pb2, json_format
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2
 
+from energymesh.devices.v1 import devices_pb2, devices_pb2_grpc
 from services.devices.config import DevicesConfig
 from services.devices.domain import DevicesDomain, ImportSummary
 from services.devices.importer import parse_csv

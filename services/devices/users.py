@@ -4,8 +4,8 @@ organization, with the caller's own access token: auth answers NOT_FOUND for any
 from __future__ import annotations
 
 import grpc
-from energymesh.auth.v1 import auth_pb2, auth_pb2_grpc
 
+from energymesh.auth.v1 import auth_pb2, auth_pb2_grpc
 from services.devices.domain import UserCheck
 from services.kernel.context import current_trace
 from services.kernel.errors import NotFound, Unavailable

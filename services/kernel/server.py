@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-from energymesh.auth.v1 import auth_pb2, auth_pb2_grpc
 from google.protobuf import descriptor_pool, json_format
 from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from energymesh.auth.v1 import auth_pb2, auth_pb2_grpc
 from services.kernel import migrations
 from services.kernel.config import ConfigError, KernelConfig
 from services.kernel.database import Database

@@ -208,7 +208,12 @@ class Child:
                 log.write(line + "\n")
                 log.flush()
                 if self.echo is not None:
-                    self.echo(self.name, line)
+                    try:
+                        self.echo(self.name, line)
+                    except OSError:
+                        # Our stdout went away (`make run | head`): keep draining the pipe,
+                        # or the child would block on a full one.
+                        self.echo = None
 
     def _say(self, message: str) -> None:
         if self.echo is not None:

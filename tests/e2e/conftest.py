@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import random
-from collections.abc import AsyncIterator, Iterator
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Generator, Iterator
 from pathlib import Path
 
 import grpc
@@ -19,14 +21,17 @@ from services.launcher.mesh import Mesh, MeshConfig
 
 
 @pytest.fixture(scope="session")
-def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
-    data_dir: Path = tmp_path_factory.mktemp("energymesh")
+def mesh() -> Iterator[Mesh]:
+    # Not pytest's tmp_path: each pytest start makes /tmp/pytest-of-<user> private (0700),
+    # which would lock out the unprivileged user PostgreSQL runs as.
+    data_dir = Path(tempfile.mkdtemp(prefix="energymesh-test-"))
     running = Mesh(MeshConfig.for_tests(data_dir))
     running.start()
     try:
         yield running
     finally:
         running.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def loopback_address() -> str:
@@ -71,7 +76,9 @@ async def nats_client(mesh: Mesh) -> AsyncIterator[Client]:
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> object:
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     """On failure, attach the tail of every mesh component's log to the report."""
     report = yield
     mesh: Mesh | None = getattr(item, "funcargs", {}).get("mesh")

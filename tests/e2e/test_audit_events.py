@@ -42,10 +42,10 @@ async def test_published_audit_events_are_stored_once(
     malformed = await js.publish("audit.devices.meter.created", b"{not json")
     assert malformed.seq > 0
 
-    async def stored() -> bool:
+    async def arrived() -> bool:
         return "devices.meter.created" in await audit_actions(http, admin)
 
-    await eventually(stored)
+    await eventually(arrived)
     dead = await js.subscribe("deadletter.audit.auth-audit", ordered_consumer=True)
     letter = await dead.next_msg(timeout=20)
     assert letter.data == b"{not json"

@@ -8,9 +8,9 @@ from datetime import UTC, datetime, timedelta
 import grpc
 import httpx
 import pytest
-from energymesh.devices.v1 import devices_pb2, devices_pb2_grpc
 from nats.aio.client import Client
 
+from energymesh.devices.v1 import devices_pb2, devices_pb2_grpc
 from services.launcher.discovery import discover_services
 from tests.e2e.device_steps import (
     create_meter,

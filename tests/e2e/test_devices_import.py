@@ -7,9 +7,9 @@ from typing import Any
 
 import grpc
 import httpx
-from energymesh.devices.v1 import devices_pb2, devices_pb2_grpc
 from google.api import httpbody_pb2
 
+from energymesh.devices.v1 import devices_pb2, devices_pb2_grpc
 from tests.e2e.device_steps import create_site, list_all_meters
 from tests.e2e.helpers import Account, register, violations
 

@@ -9,9 +9,9 @@ from typing import Any
 import grpc
 import httpx
 import pytest
-from energymesh.devices.v1 import devices_pb2, devices_pb2_grpc
 from google.protobuf import field_mask_pb2
 
+from energymesh.devices.v1 import devices_pb2, devices_pb2_grpc
 from tests.e2e.device_steps import (
     create_meter,
     create_site,

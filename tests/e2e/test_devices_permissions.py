@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING
 import grpc
 import httpx
 import pytest
-from energymesh.devices.v1 import devices_pb2, devices_pb2_grpc
 from google.api import httpbody_pb2
 from google.protobuf import field_mask_pb2
 
+from energymesh.devices.v1 import devices_pb2, devices_pb2_grpc
 from services.launcher.mesh import Mesh
 from tests.e2e.conftest import gateway_client
 from tests.e2e.device_steps import (

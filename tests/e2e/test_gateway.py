@@ -9,9 +9,10 @@ import struct
 import grpc
 import httpx
 import pytest
-from energymesh.auth.v1 import auth_pb2, auth_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from energymesh.auth.v1 import auth_pb2, auth_pb2_grpc
 from services.launcher.mesh import Mesh
 from tests.e2e.helpers import register
 
@@ -108,3 +109,14 @@ async def test_grpc_web_for_browsers(http: httpx.AsyncClient) -> None:
     length = struct.unpack(">I", body[1:5])[0]
     assert auth_pb2.GetJwksResponse.FromString(body[5 : 5 + length]).keys
     assert b"grpc-status:0" in body[5 + length :].replace(b" ", b"")
+
+
+async def test_server_reflection_lists_the_services(mesh: Mesh) -> None:
+    async with grpc.aio.insecure_channel(mesh.service_address("auth")) as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        request = reflection_pb2.ServerReflectionRequest(list_services="")
+        responses = stub.ServerReflectionInfo(iter([request]))
+        names = set()
+        async for response in responses:
+            names = {service.name for service in response.list_services_response.service}
+    assert {"energymesh.auth.v1.AuthService", "grpc.health.v1.Health"} <= names

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 import grpc
 import httpx
 import pytest
-from energymesh.auth.v1 import auth_pb2, auth_pb2_grpc
 from google.protobuf import field_mask_pb2
 
+from energymesh.auth.v1 import auth_pb2, auth_pb2_grpc
 from tests.e2e.helpers import Account, add_user, register, unique_email
 
 OK = grpc.StatusCode.OK
@@ -30,7 +30,7 @@ class World:
 
 
 Metadata = tuple[tuple[str, str], ...]
-Call = Callable[[auth_pb2_grpc.AuthServiceStub, World, Metadata], Awaitable[object]]
+Call = Callable[["auth_pb2_grpc.AuthServiceAsyncStub", World, Metadata], Awaitable[object]]
 
 
 async def fresh_user(world: World) -> str:
@@ -111,7 +111,7 @@ MATRIX: dict[str, tuple[Call, tuple[grpc.StatusCode, ...]]] = {
 
 
 async def _delete_fresh(
-    stub: auth_pb2_grpc.AuthServiceStub, world: World, metadata: Metadata
+    stub: auth_pb2_grpc.AuthServiceAsyncStub, world: World, metadata: Metadata
 ) -> object:
     user_id = await fresh_user(world)
     return await stub.DeleteUser(auth_pb2.DeleteUserRequest(user_id=user_id), metadata=metadata)

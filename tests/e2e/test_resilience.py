@@ -8,10 +8,10 @@ import signal
 import grpc
 import httpx
 import psycopg
-from energymesh.auth.v1 import auth_pb2, auth_pb2_grpc
 from google.protobuf import field_mask_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from energymesh.auth.v1 import auth_pb2, auth_pb2_grpc
 from services.launcher.mesh import Mesh
 from tests.e2e.helpers import add_user, eventually, register
 
@@ -35,14 +35,14 @@ async def test_health_follows_postgres(mesh: Mesh, http: httpx.AsyncClient) -> N
     try:
 
         async def not_serving() -> bool:
-            return await auth_health(mesh) == health_pb2.HealthCheckResponse.NOT_SERVING
+            return bool(await auth_health(mesh) == health_pb2.HealthCheckResponse.NOT_SERVING)
 
         await eventually(not_serving)
     finally:
         mesh.start_postgres()
 
     async def serving() -> bool:
-        return await auth_health(mesh) == health_pb2.HealthCheckResponse.SERVING
+        return bool(await auth_health(mesh) == health_pb2.HealthCheckResponse.SERVING)
 
     await eventually(serving, wait_seconds=30)
     await register(http)  # and it works again
@@ -94,6 +94,6 @@ async def test_sigterm_drains_an_in_flight_call(mesh: Mesh, http: httpx.AsyncCli
         mesh.restart_service("auth")
 
     async def serving() -> bool:
-        return await auth_health(mesh) == health_pb2.HealthCheckResponse.SERVING
+        return bool(await auth_health(mesh) == health_pb2.HealthCheckResponse.SERVING)
 
     await eventually(serving, wait_seconds=30)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import httpx
-from services.launcher.mesh import Mesh
 
+from services.launcher.mesh import Mesh
 from tests.e2e.conftest import gateway_client
 from tests.e2e.helpers import login, register, unique_email
 
