@@ -24,8 +24,8 @@ from datetime import UTC, datetime
 from typing import TypeVar
 
 import grpc
-from energymesh.devices.v1 import devices_pb2, devices_pb2_grpc
 
+from energymesh.devices.v1 import devices_pb2, devices_pb2_grpc
 from services.kernel.context import Caller, current_trace
 from services.kernel.errors import (
     FailedPrecondition,
@@ -171,10 +171,13 @@ class CredentialWriter(WriteCaller):
                 meter_id = self.answer.meter_ids[0]
             else:
                 raise InvalidArgument([("meter_id", "is required with an ingest key")])
-        if meter_id not in self.answer.meter_ids and self.answer.kind != METER_TOKEN:
-            if time.monotonic() - self.refreshed > REFRESH_SECONDS:
-                self.answer = await self.access.authenticate(self.secret, fresh=True)
-                self.refreshed = time.monotonic()
+        if (
+            meter_id not in self.answer.meter_ids
+            and self.answer.kind != METER_TOKEN
+            and time.monotonic() - self.refreshed > REFRESH_SECONDS
+        ):
+            self.answer = await self.access.authenticate(self.secret, fresh=True)
+            self.refreshed = time.monotonic()
         if meter_id not in self.answer.meter_ids:
             raise NotFound(
                 f"meter {meter_id!r} not found (or not writable with this credential)",

@@ -36,6 +36,7 @@ from types import TracebackType
 from typing import Self
 
 import grpc
+
 from energymesh.telemetry.v1 import telemetry_pb2, telemetry_pb2_grpc
 
 # Codes after which the same batches may simply be sent again.
@@ -176,12 +177,12 @@ class ReadingStream:
         """Queues one batch as given (at most 10,000 readings); returns its batch id."""
         return await self._enqueue(meter_id, times_unix_ms, values, batch_id)
 
-    async def flush(self, timeout: float | None = None) -> None:
+    async def flush(self, wait_seconds: float | None = None) -> None:
         """Sends everything buffered and waits until all of it is acknowledged."""
         for meter_id in list(self._buffers):
             buffer = self._buffers.pop(meter_id)
             await self._enqueue(meter_id, buffer.times, buffer.values)
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(wait_seconds):
             while self._pending:
                 self._raise_if_failed()
                 self._changed.clear()
@@ -189,10 +190,10 @@ class ReadingStream:
                     await self._changed.wait()
         self._raise_if_failed()
 
-    async def close(self, timeout: float | None = None) -> None:
+    async def close(self, wait_seconds: float | None = None) -> None:
         """Flushes, ends the call and releases the channel."""
         try:
-            await self.flush(timeout)
+            await self.flush(wait_seconds)
         finally:
             await self.abort()
 

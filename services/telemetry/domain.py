@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
-from energymesh.telemetry.v1 import telemetry_pb2
 from nats.aio.msg import Msg
 
+from energymesh.telemetry.v1 import telemetry_pb2
 from services.kernel.context import Caller
 from services.kernel.database import Database
 from services.kernel.errors import (
@@ -111,7 +111,7 @@ def summarize(results: Sequence[telemetry_pb2.BatchResult]) -> telemetry_pb2.Ing
             else:
                 summary.batch_results_truncated = True
     summary.rejected.extend(
-        telemetry_pb2.RejectedCount(reason=reason, count=count)  # type: ignore[arg-type]
+        telemetry_pb2.RejectedCount(reason=reason, count=count)
         for reason, count in rejected.items()
         if count
     )
@@ -475,7 +475,7 @@ class Telemetry:
                 batch_id=row.batch_id,
                 time_unix_ms=row.time_unix_ms,
                 value=row.value,
-                reason=row.reason,  # type: ignore[arg-type]
+                reason=row.reason,
             )
             if row.stored_value is not None:
                 rejected.stored_value = row.stored_value

@@ -29,18 +29,18 @@ import uuid
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import psycopg
 import sqlalchemy.exc
-from sqlalchemy.ext.asyncio import AsyncSession
-from energymesh.telemetry.v1 import events_pb2, telemetry_pb2
 from google.protobuf import json_format, timestamp_pb2
 from google.rpc import code_pb2, status_pb2
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from energymesh.telemetry.v1 import events_pb2, telemetry_pb2
 from services.kernel.database import Database
 from services.kernel.errors import DomainError, Unavailable
 from services.kernel.outbox import Outbox, event_headers
@@ -562,7 +562,7 @@ class GroupCommitWriter:
                     accepted=int(outcome.accepted[i]),
                     duplicates=int(outcome.duplicates[i]),
                     rejected=[
-                        telemetry_pb2.RejectedCount(reason=reason, count=int(by_reason[reason]))  # type: ignore[arg-type]
+                        telemetry_pb2.RejectedCount(reason=reason, count=int(by_reason[reason]))
                         for reason in REASONS
                         if by_reason[reason]
                     ],

@@ -9,9 +9,9 @@ import logging
 from datetime import timedelta
 
 import grpc
-from energymesh.telemetry.v1 import telemetry_pb2_grpc
 from nats.js.api import DeliverPolicy
 
+from energymesh.telemetry.v1 import telemetry_pb2_grpc
 from services.kernel.outbox import Outbox
 from services.kernel.server import Kernel, Registration, ServiceDefinition, grpc_jwks
 from services.kernel.tokens import KeySet, TokenVerifier

@@ -7,9 +7,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from energymesh.telemetry.v1 import telemetry_pb2, telemetry_pb2_grpc
 from google.protobuf.message import Message
 
+from energymesh.telemetry.v1 import telemetry_pb2, telemetry_pb2_grpc
 from services.kernel.interceptors import caller
 from services.kernel.permissions import Permission
 from services.telemetry.domain import Telemetry
@@ -65,26 +65,26 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
     def __init__(self, domain: Telemetry) -> None:
         self.domain = domain
 
-    async def StreamReadings(  # type: ignore[override]
+    async def StreamReadings(
         self, request_iterator: AsyncIterator[telemetry_pb2.ReadingBatch], context: Any
     ) -> telemetry_pb2.IngestSummary:
         writer = await self.domain.access.writer(authorization(context))
         return await self.domain.stream(writer, aiter(request_iterator))
 
-    async def SyncReadings(  # type: ignore[override]
+    async def SyncReadings(
         self, request_iterator: AsyncIterator[telemetry_pb2.ReadingBatch], context: Any
     ) -> AsyncIterator[telemetry_pb2.BatchAck]:
         writer = await self.domain.access.writer(authorization(context))
         async for ack in self.domain.sync(writer, aiter(request_iterator)):
             yield ack
 
-    async def WriteReadings(  # type: ignore[override]
+    async def WriteReadings(
         self, request: telemetry_pb2.WriteReadingsRequest, context: Any
     ) -> telemetry_pb2.IngestSummary:
         writer = await self.domain.access.writer(authorization(context))
         return await self.domain.write(writer, [request.batch])
 
-    async def ImportReadings(  # type: ignore[override]
+    async def ImportReadings(
         self, request: telemetry_pb2.ImportReadingsRequest, context: Any
     ) -> telemetry_pb2.IngestSummary:
         auth = authorization(context)
@@ -93,7 +93,7 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
             writer, auth, request.csv.data, request.meter_id, request.import_id
         )
 
-    async def ListReadings(  # type: ignore[override]
+    async def ListReadings(
         self, request: telemetry_pb2.ListReadingsRequest, context: Any
     ) -> telemetry_pb2.ListReadingsResponse:
         meter_id = await self.domain.readable_meter(
@@ -108,7 +108,7 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
             request.max_points,
         )
 
-    async def GetLatestReading(  # type: ignore[override]
+    async def GetLatestReading(
         self, request: telemetry_pb2.GetLatestReadingRequest, context: Any
     ) -> telemetry_pb2.Reading:
         meter_id = await self.domain.readable_meter(
@@ -116,7 +116,7 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
         )
         return await self.domain.latest_reading(meter_id)
 
-    async def ListRejectedReadings(  # type: ignore[override]
+    async def ListRejectedReadings(
         self, request: telemetry_pb2.ListRejectedReadingsRequest, context: Any
     ) -> telemetry_pb2.ListRejectedReadingsResponse:
         meter_id = await self.domain.readable_meter(
@@ -124,7 +124,7 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
         )
         return await self.domain.list_rejected(meter_id, request.page_size, request.page_token)
 
-    async def GetIngestStatus(  # type: ignore[override]
+    async def GetIngestStatus(
         self, request: telemetry_pb2.GetIngestStatusRequest, context: Any
     ) -> telemetry_pb2.IngestStatus:
         buffer, stats = self.domain.buffer, self.domain.writer.stats
