@@ -3,6 +3,7 @@ AuthenticateCredential RPC (what telemetry calls), and refused as soon as they a
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import grpc
@@ -11,6 +12,7 @@ import pytest
 from nats.aio.client import Client
 
 from energymesh.devices.v1 import devices_pb2, devices_pb2_grpc
+from energymesh.telemetry.v1 import telemetry_pb2, telemetry_pb2_grpc
 from services.launcher.discovery import discover_services
 from tests.e2e.device_steps import (
     create_meter,
@@ -185,4 +187,13 @@ async def test_revoked_token_cannot_open_a_stream(
         headers=admin.headers,
     )
     assert await refused(gateway_channel, created["token"]) == grpc.StatusCode.UNAUTHENTICATED
-    pytest.fail("open a telemetry stream with the revoked token and expect UNAUTHENTICATED")
+    batch = telemetry_pb2.ReadingBatch(batch_id="b1", time_unix_ms=[1], values=[1.0])
+
+    async def one_batch() -> AsyncIterator[telemetry_pb2.ReadingBatch]:
+        yield batch
+
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await telemetry_pb2_grpc.TelemetryServiceStub(gateway_channel).StreamReadings(
+            one_batch(), metadata=(("authorization", f"Bearer {created['token']}"),)
+        )
+    assert error.value.code() == grpc.StatusCode.UNAUTHENTICATED
