@@ -48,7 +48,7 @@ class TelemetryConfig(KernelConfig):
             max_batch_readings=env.integer("TELEMETRY_MAX_BATCH_READINGS", 10_000),
             max_batch_bytes=max_batch_bytes,
             backfill_horizon_days=env.integer("TELEMETRY_BACKFILL_HORIZON_DAYS", 3650),
-            buffer_limit_bytes=env.integer("TELEMETRY_BUFFER_LIMIT_BYTES", 64 * MIB),
+            buffer_limit_bytes=env.integer("TELEMETRY_BUFFER_LIMIT_BYTES", 32 * MIB),
             stream_buffer_limit_bytes=env.integer("TELEMETRY_STREAM_BUFFER_LIMIT_BYTES", 1 * MIB),
             max_group_readings=env.integer("TELEMETRY_MAX_GROUP_READINGS", 200_000),
             credential_cache_seconds=env.number("TELEMETRY_CREDENTIAL_CACHE_SECONDS", 10.0),

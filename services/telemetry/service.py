@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 # Batch ids are remembered this long: a client resending after a longer outage still stores
 # nothing twice (readings are unique per meter and time), it only counts duplicates.
 BATCH_RETENTION = timedelta(days=30)
+# HTTP/2 receive window per stream: what the transport may hold of a stream's unread data.
+STREAM_WINDOW_BYTES = 256 * 1024
 
 
 async def setup(kernel: Kernel) -> Registration:
@@ -100,6 +102,13 @@ async def setup(kernel: Kernel) -> Registration:
             retention,
         ],
         on_stop=[devices.close],
+        # Backpressure must reach the client: without this, grpc's bandwidth-delay probing
+        # grows each stream's HTTP/2 window to megabytes, and a stream the service has
+        # stopped reading keeps filling the process's memory below the application.
+        server_options=[
+            ("grpc.http2.bdp_probe", 0),
+            ("grpc.http2.lookahead_bytes", STREAM_WINDOW_BYTES),
+        ],
     )
 
 
