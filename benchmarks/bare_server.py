@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+
 from energymesh.telemetry.v1 import telemetry_pb2, telemetry_pb2_grpc
 
 

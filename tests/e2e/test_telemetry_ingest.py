@@ -87,8 +87,7 @@ async def test_first_write_wins_and_conflicts_are_quarantined(
     # reading repeated inside the batch with another value (conflict with the first).
     mixed = telemetry_pb2.ReadingBatch(
         batch_id="mixed",
-        time_unix_ms=[start, start + MINUTE_MS, start + 2 * MINUTE_MS, start + 3 * MINUTE_MS]
-        + [start + 3 * MINUTE_MS],
+        time_unix_ms=[start + i * MINUTE_MS for i in (0, 1, 2, 3, 3)],
         values=[10, 99, 12, 13, 14],
     )
     summary = await stream(channel, [mixed], f.token_metadata())
@@ -119,8 +118,10 @@ async def test_invalid_readings_are_quarantined_and_the_rest_stored(
     now = now_ms()
     readings = telemetry_pb2.ReadingBatch(
         batch_id="v",
-        time_unix_ms=[now - 1000, now - 2000, now + 3_600_000, now - 40 * 365 * DAY_MS]
-        + [now - 3000, now - 4000, now - 5000],
+        time_unix_ms=[
+            *(now - 1000, now - 2000, now + 3_600_000, now - 40 * 365 * DAY_MS),
+            *(now - 3000, now - 4000, now - 5000),
+        ],
         values=[1.0, float("nan"), 2.0, 3.0, -5.0, 200_000.0, 4.0],
     )
     await asyncio.sleep(0.5)  # the meter's created event tells telemetry its register
