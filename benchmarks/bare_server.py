@@ -28,7 +28,7 @@ class Discard(telemetry_pb2_grpc.TelemetryServiceServicer):
 
 async def main(port: int) -> None:
     server = grpc.aio.server()
-    telemetry_pb2_grpc.add_TelemetryServiceServicer_to_server(Discard(), server)
+    telemetry_pb2_grpc.add_TelemetryServiceServicer_to_server(Discard(), server)  # type: ignore[abstract]
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     print("ready", flush=True)

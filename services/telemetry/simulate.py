@@ -37,7 +37,7 @@ COMMODITIES = (
     (devices_pb2.COMMODITY_HEAT, "kWh", 8.0),
 )
 RESET_PROBABILITY = 1e-4  # per reading
-DEMO_PASSWORD = "demo password, change me"  # noqa: S105 - a throwaway demo account
+DEMO_PASSWORD = "demo password, change me"  # a throwaway demo account
 
 
 def profile(moment: float) -> float:

@@ -7,6 +7,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import httpx
@@ -85,7 +86,8 @@ async def iterate(batches: Sequence[telemetry_pb2.ReadingBatch]) -> AsyncIterato
         yield item
 
 
-def stub(channel: grpc.aio.Channel) -> telemetry_pb2_grpc.TelemetryServiceStub:
+def stub(channel: grpc.aio.Channel) -> Any:
+    """The service's stub (typed Any: the generated stubs describe the synchronous API)."""
     return telemetry_pb2_grpc.TelemetryServiceStub(channel)
 
 
@@ -94,7 +96,10 @@ async def stream(
     batches: Sequence[telemetry_pb2.ReadingBatch],
     metadata: tuple[tuple[str, str], ...],
 ) -> telemetry_pb2.IngestSummary:
-    return await stub(channel).StreamReadings(iterate(batches), metadata=metadata, timeout=60)
+    summary: telemetry_pb2.IngestSummary = await stub(channel).StreamReadings(
+        iterate(batches), metadata=metadata, timeout=60
+    )
+    return summary
 
 
 async def stored(mesh: Mesh, meter_ids: Sequence[str]) -> int:
@@ -130,6 +135,7 @@ def rejected(summary: telemetry_pb2.IngestSummary | telemetry_pb2.BatchResult) -
 
 async def ingest_status(mesh: Mesh, account: Account) -> telemetry_pb2.IngestStatus:
     async with grpc.aio.insecure_channel(mesh.service_address("telemetry")) as channel:
-        return await stub(channel).GetIngestStatus(
+        status: telemetry_pb2.IngestStatus = await stub(channel).GetIngestStatus(
             telemetry_pb2.GetIngestStatusRequest(), metadata=account.metadata, timeout=10
         )
+        return status

@@ -7,6 +7,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import grpc
@@ -42,7 +43,7 @@ async def channel(mesh: Mesh) -> AsyncIterator[grpc.aio.Channel]:
 
 
 def error_info(error: grpc.aio.AioRpcError) -> dict[str, str]:
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    status = rpc_status.from_call(error)
     assert status is not None
     for detail in status.details:
         info = error_details_pb2.ErrorInfo()
@@ -164,7 +165,7 @@ async def test_malformed_batches_are_refused_whole_naming_the_batch(
     huge = telemetry_pb2.ReadingBatch.FromString(
         batch(meter, start, 1, batch_id="huge").SerializeToString() + padding
     )
-    call = stub(channel).StreamReadings(metadata=f.token_metadata())
+    call: Any = stub(channel).StreamReadings(metadata=f.token_metadata())
     await call.write(huge)
     await call.done_writing()
     with pytest.raises(grpc.aio.AioRpcError) as error:
@@ -173,7 +174,7 @@ async def test_malformed_batches_are_refused_whole_naming_the_batch(
     assert error_info(error.value)["batch_id"] == "huge"
 
     # SyncReadings acknowledges the bad batch with its status and goes on.
-    sync = stub(channel).SyncReadings(metadata=f.token_metadata())
+    sync: Any = stub(channel).SyncReadings(metadata=f.token_metadata())
     await sync.write(uneven)
     await sync.write(batch(meter, start + DAY_MS // 2, 5, batch_id="after"))
     await sync.done_writing()
@@ -238,7 +239,7 @@ async def test_revoked_token_stops_an_open_stream_at_its_next_batch(
 ) -> None:
     f = await fleet(http)
     meter, start = f.meter_ids[0], now_ms() - DAY_MS
-    call = stub(channel).SyncReadings(metadata=f.token_metadata())
+    call: Any = stub(channel).SyncReadings(metadata=f.token_metadata())
     await call.write(batch(meter, start, 5, batch_id="before"))
     ack = await call.read()
     assert isinstance(ack, telemetry_pb2.BatchAck)
@@ -260,9 +261,9 @@ async def test_revoked_token_stops_an_open_stream_at_its_next_batch(
             break
         await asyncio.sleep(0.1)
     assert code == grpc.StatusCode.UNAUTHENTICATED
-    with pytest.raises(grpc.aio.AioRpcError) as error:
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
         await stream(channel, [batch(meter, start, 1)], f.token_metadata())
-    assert error.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
 async def test_rest_write_latest_and_downsampled_readings(http: httpx.AsyncClient) -> None:
