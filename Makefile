@@ -20,7 +20,8 @@ help:
 	@echo "make lint       buf lint, ruff, mypy --strict"
 	@echo "make gen        regenerate gen/ from proto/"
 	@echo "make gen-check  fail when gen/ is stale"
-	@echo "make bench      run the benchmarks"
+	@echo "make bench      run the ingest benchmark (prints a table)"
+	@echo "make demo       make run, plus the meter simulator streaming live readings"
 	@echo "make clean      remove the virtualenv, npm packages, build output and local data"
 
 # --- bootstrap --------------------------------------------------------------------------------
@@ -89,8 +90,16 @@ run: setup
 test: lint gen-check
 	$(BIN)/pytest
 
+# Telemetry ingest figures on a fresh mesh (about a minute on 2 cores); BENCH_ARGS=--scale 4.
 bench: setup
-	@echo "No benchmarks yet: they arrive with the telemetry service."
+	$(PY) -m benchmarks.ingest $(BENCH_ARGS)
+
+# The whole mesh plus the simulator streaming live readings: open http://127.0.0.1:8080 and
+# watch GET /v1/meters/{id}/readings:latest move. Ctrl-C stops both.
+demo: setup
+	@$(PY) -m services.launcher run & mesh=$$!; \
+	trap 'kill $$mesh 2>/dev/null; wait $$mesh' EXIT INT TERM; \
+	$(PY) -m services.telemetry.simulate --gateway 127.0.0.1:8080 --wait --meters 20 --live
 
 clean:
 	rm -rf $(VENV) node_modules build .energymesh .mypy_cache .ruff_cache .pytest_cache

@@ -58,6 +58,8 @@ class Registration:
     jwks: JwksFetcher | None = None
     # Called on shutdown after the server stopped, before pools close.
     on_stop: Sequence[Callable[[], Awaitable[None]]] = field(default_factory=tuple)
+    # Extra grpc server channel arguments (e.g. HTTP/2 flow-control windows for streaming).
+    server_options: Sequence[tuple[str, Any]] = ()
 
 
 Setup = Callable[[Kernel], Awaitable[Registration]]
@@ -145,6 +147,7 @@ class ServiceApp:
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
+                *registration.server_options,
             ],
         )
         for add_servicer in registration.servicers:

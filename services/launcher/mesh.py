@@ -11,6 +11,7 @@ once per session on free ports with a temporary data dir:
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import itertools
 import os
@@ -259,6 +260,26 @@ class Mesh:
         if "postgres" in self._children:
             self._children["postgres"].stop(timeout=30)
 
+    def signal_postgres(self, sig: int) -> None:
+        """Send a signal to the postmaster and every backend it forked (SIGSTOP freezes the
+        whole server, connections included; SIGCONT thaws it)."""
+        root = self.process("postgres").pid
+        for pid in [root, *_descendants(root)]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+
+    # --- nats ------------------------------------------------------------------------------------
+
+    def stop_nats(self) -> None:
+        if "nats" in self._children:
+            self._children["nats"].stop(timeout=10)
+
+    def start_nats(self) -> None:
+        """Start (or restart, same port and store) the embedded nats-server."""
+        if self.config.nats_url is not None:
+            raise MeshError("the mesh uses an external NATS_URL; there is no nats to start")
+        self._start_nats()
+
     # --- services --------------------------------------------------------------------------------
 
     def wait_ready(self, name: str, timeout: float | None = None) -> None:
@@ -322,8 +343,9 @@ class Mesh:
             LOG_LEVEL=self.config.log_level,
             PYTHONUNBUFFERED="1",
         )
-        if any(other.name == "auth" for other in self.services):
-            env["AUTH_GRPC_ADDRESS"] = self.service_address("auth")
+        # Every service finds the others at <NAME>_GRPC_ADDRESS (AUTH_GRPC_ADDRESS, ...).
+        for other in self.services:
+            env[f"{other.name.upper()}_GRPC_ADDRESS"] = self.service_address(other.name)
         env.update(self.config.env)
         return env
 
@@ -497,6 +519,25 @@ class Mesh:
             fcntl.flock(self._lock, fcntl.LOCK_UN)
             self._lock.close()
             self._lock = None
+
+
+def _descendants(root: int) -> list[int]:
+    """Every process below `root`, from /proc (Linux)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
 
 
 def _nats_server() -> Path:

@@ -3,6 +3,7 @@ AuthenticateCredential RPC (what telemetry calls), and refused as soon as they a
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import grpc
@@ -11,7 +12,7 @@ import pytest
 from nats.aio.client import Client
 
 from energymesh.devices.v1 import devices_pb2, devices_pb2_grpc
-from services.launcher.discovery import discover_services
+from energymesh.telemetry.v1 import telemetry_pb2, telemetry_pb2_grpc
 from tests.e2e.device_steps import (
     create_meter,
     create_site,
@@ -211,15 +212,12 @@ async def test_credentials_are_not_reachable_over_rest(http: httpx.AsyncClient) 
     assert response.status_code != 200
 
 
-@pytest.mark.skipif(
-    "telemetry" not in {info.name for info in discover_services()},
-    reason="the telemetry service does not exist yet; it calls AuthenticateCredential per stream",
-)
 async def test_revoked_token_cannot_open_a_stream(
-    http: httpx.AsyncClient, devices_channel: grpc.aio.Channel
+    http: httpx.AsyncClient,
+    devices_channel: grpc.aio.Channel,
+    gateway_channel: grpc.aio.Channel,
 ) -> None:
-    """Ready for telemetry: a revoked meter token must be refused when a stream opens.
-    Until telemetry exists the gate it will rely on, AuthenticateCredential, is what runs."""
+    """A revoked meter token is refused by devices and by telemetry when a stream opens."""
     admin = await register(http)
     site = await create_site(http, admin)
     meter = await create_meter(http, admin, site["siteId"])
@@ -229,4 +227,13 @@ async def test_revoked_token_cannot_open_a_stream(
         headers=admin.headers,
     )
     assert await refused(devices_channel, created["token"]) == grpc.StatusCode.UNAUTHENTICATED
-    pytest.fail("open a telemetry stream with the revoked token and expect UNAUTHENTICATED")
+    batch = telemetry_pb2.ReadingBatch(batch_id="b1", time_unix_ms=[1], values=[1.0])
+
+    async def one_batch() -> AsyncIterator[telemetry_pb2.ReadingBatch]:
+        yield batch
+
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await telemetry_pb2_grpc.TelemetryServiceStub(gateway_channel).StreamReadings(
+            one_batch(), metadata=(("authorization", f"Bearer {created['token']}"),)
+        )
+    assert error.value.code() == grpc.StatusCode.UNAUTHENTICATED

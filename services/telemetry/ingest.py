@@ -1,0 +1,750 @@
+"""Exactly-once ingest: per-reading validation, bounded memory (backpressure) and the
+group-commit writer.
+
+A stream handler decodes each ReadingBatch into numpy columns (`prepare`), classifies every
+reading (`classify`), waits for room in the `IngestBuffer` and hands the batch to the
+`GroupCommitWriter`. The writer takes whatever batches are queued (from every stream, up to
+max_group_readings) and commits them in one transaction:
+
+1. batch ids already committed for their meter are answered with the stored result and
+   skipped (a batch id repeated inside the group follows its first occurrence);
+2. the valid readings are COPYed (binary format, built with numpy) into a per-connection
+   temporary staging table, then `INSERT … SELECT … ON CONFLICT DO NOTHING` moves them into
+   the partitioned readings table; when fewer rows went in than were staged, the stored value
+   of every staged reading that was not written by this transaction (`xmin`) is read back:
+   the same value is a duplicate, a different one a conflict (quarantined; first write wins);
+3. quarantined readings, the batch results (keyed by batch id) and one outbox event per meter
+   (telemetry.readings.committed) are written in the same transaction.
+
+Only after COMMIT are the batches' futures resolved, which is what acknowledges them. If the
+database fails, every batch of the group fails with UNAVAILABLE and nothing is acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import psycopg
+import sqlalchemy.exc
+from google.protobuf import json_format, timestamp_pb2
+from google.rpc import code_pb2, status_pb2
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from energymesh.telemetry.v1 import events_pb2, telemetry_pb2
+from services.kernel.database import Database
+from services.kernel.errors import DomainError, Unavailable
+from services.kernel.outbox import Outbox, event_headers
+from services.telemetry.events import READINGS_COMMITTED
+from services.telemetry.models import OUTBOX
+from services.telemetry.partitions import Partitions
+
+log = logging.getLogger(__name__)
+
+Int64s = npt.NDArray[np.int64]
+Floats = npt.NDArray[np.float64]
+Reasons = npt.NDArray[np.int8]
+
+R = telemetry_pb2
+NOT_FINITE = R.REJECT_REASON_NOT_FINITE
+IN_FUTURE = R.REJECT_REASON_IN_FUTURE
+TOO_OLD = R.REJECT_REASON_TOO_OLD
+NEGATIVE_COUNTER = R.REJECT_REASON_NEGATIVE_COUNTER
+IMPLAUSIBLE = R.REJECT_REASON_IMPLAUSIBLE
+CONFLICT = R.REJECT_REASON_CONFLICT
+REASONS = (NOT_FINITE, IN_FUTURE, TOO_OLD, NEGATIVE_COUNTER, IMPLAUSIBLE, CONFLICT)
+
+FUTURE_TOLERANCE_MS = 5 * 60 * 1000
+# Beyond this, no register of any unit is plausible.
+MAX_ABS_VALUE = 1e15
+# devices.v1.RegisterType: CUMULATIVE = 1, INTERVAL = 2 (counters: never negative).
+COUNTER_REGISTERS = frozenset({1, 2})
+CUMULATIVE = 1
+
+# PostgreSQL's binary COPY format (https://www.postgresql.org/docs/current/sql-copy.html).
+COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
+COPY_TRAILER = b"\xff\xff"
+PG_EPOCH_MS = 946_684_800_000  # 2000-01-01T00:00:00Z, where timestamptz counts from
+READING_ROW = np.dtype(
+    [
+        ("fields", ">i2"),
+        ("meter_len", ">i4"),
+        ("meter", "V16"),
+        ("time_len", ">i4"),
+        ("time", ">i8"),
+        ("value_len", ">i4"),
+        ("value", ">f8"),
+    ]
+)
+COPY_READINGS = "COPY telemetry.readings (meter_id, time, value) FROM STDIN (FORMAT BINARY)"
+COPY_STAGING = (
+    "COPY telemetry_ingest_staging (meter_id, time, value, seq) FROM STDIN (FORMAT BINARY)"
+)
+COMMITTERS = 2
+# After a direct COPY met stored keys, this many groups go through staging straight away.
+DIRECT_BACKOFF_GROUPS = 4
+STAGING_ROW = np.dtype(
+    [
+        ("fields", ">i2"),
+        ("meter_len", ">i4"),
+        ("meter", "V16"),
+        ("time_len", ">i4"),
+        ("time", ">i8"),
+        ("value_len", ">i4"),
+        ("value", ">f8"),
+        ("seq_len", ">i4"),
+        ("seq", ">i4"),
+    ]
+)
+CREATE_STAGING = (
+    "CREATE TEMPORARY TABLE IF NOT EXISTS telemetry_ingest_staging "
+    "(meter_id uuid NOT NULL, time timestamptz NOT NULL, value float8 NOT NULL, "
+    "seq int4 NOT NULL) ON COMMIT DELETE ROWS"
+)
+INSERT_STAGED = """
+    WITH inserted AS (
+        INSERT INTO telemetry.readings (meter_id, time, value)
+        SELECT meter_id, time, value FROM telemetry_ingest_staging
+        ON CONFLICT DO NOTHING
+        RETURNING 1
+    )
+    SELECT count(*) FROM inserted
+"""
+# Rows this transaction did not write were stored before (or by a concurrent writer).
+STORED_BEFORE = """
+    SELECT s.seq, r.value
+    FROM telemetry_ingest_staging s
+    JOIN telemetry.readings r ON r.meter_id = s.meter_id AND r.time = s.time
+    WHERE r.xmin <> pg_current_xact_id()::xid
+"""
+BATCHES_DONE = """
+    SELECT b.meter_id::text, b.batch_id, b.result
+    FROM telemetry.batches b
+    JOIN unnest(%s::uuid[], %s::text[]) AS k(meter_id, batch_id)
+      ON b.meter_id = k.meter_id AND b.batch_id = k.batch_id
+"""
+DATABASE_ERRORS = (
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+    sqlalchemy.exc.TimeoutError,
+    OSError,
+    TimeoutError,
+)
+
+
+@dataclass(frozen=True)
+class MeterRules:
+    """What plausibility needs to know about a meter's register."""
+
+    register_type: int
+    rollover_value: float | None = None
+
+
+def classify(
+    times: Int64s,
+    values: Floats,
+    rules: MeterRules | None,
+    now_ms: int,
+    horizon_ms: int,
+) -> Reasons:
+    """Per reading: 0 if valid, else the (first) RejectReason that applies."""
+    reasons = np.zeros(len(times), dtype=np.int8)
+
+    def mark(mask: npt.NDArray[np.bool_], reason: int) -> None:
+        reasons[(reasons == 0) & mask] = reason
+
+    with np.errstate(invalid="ignore"):
+        mark(~np.isfinite(values), NOT_FINITE)
+        mark(times > now_ms + FUTURE_TOLERANCE_MS, IN_FUTURE)
+        mark(times < now_ms - horizon_ms, TOO_OLD)
+        if rules is not None and rules.register_type in COUNTER_REGISTERS:
+            mark(values < 0, NEGATIVE_COUNTER)
+        mark(np.abs(values) > MAX_ABS_VALUE, IMPLAUSIBLE)
+        if rules is not None and rules.register_type == CUMULATIVE and rules.rollover_value:
+            mark(values > rules.rollover_value, IMPLAUSIBLE)
+    return reasons
+
+
+@dataclass(eq=False)
+class PendingBatch:
+    """A validated batch waiting for its commit."""
+
+    index: int
+    batch_id: str
+    meter_id: str
+    organization_id: str
+    times: Int64s
+    values: Floats
+    reasons: Reasons
+    future: asyncio.Future[telemetry_pb2.BatchResult]
+    stream: StreamBuffer | None = None
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.times.nbytes + self.values.nbytes + self.reasons.nbytes) + 256
+
+
+def pending_batch(
+    index: int,
+    batch_id: str,
+    meter_id: str,
+    organization_id: str,
+    times: Int64s,
+    values: Floats,
+    rules: MeterRules | None,
+    horizon_ms: int,
+) -> PendingBatch:
+    now_ms = int(time.time() * 1000)
+    return PendingBatch(
+        index=index,
+        batch_id=batch_id,
+        meter_id=meter_id,
+        organization_id=organization_id,
+        times=times,
+        values=values,
+        reasons=classify(times, values, rules, now_ms, horizon_ms),
+        future=asyncio.get_running_loop().create_future(),
+    )
+
+
+# --- memory bounds ------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class StreamBuffer:
+    """One stream's share of the ingest buffer."""
+
+    held: int = 0
+
+
+@dataclass
+class IngestStats:
+    committed_readings: int = 0
+    committed_batches: int = 0
+    commits: int = 0
+
+
+class IngestBuffer:
+    """Bounds the decoded readings held between receipt and commit, in total and per stream.
+
+    A stream reads its next batch only when `wait_for_room` returns, i.e. while both its own
+    and the total held bytes are under their limits; otherwise it stops reading and HTTP/2
+    flow control pushes back on the client. Bytes are released once their batch is
+    committed (or failed). The total can exceed the limit by at most one batch per stream
+    woken at the same moment."""
+
+    def __init__(self, limit_bytes: int, stream_limit_bytes: int) -> None:
+        self.limit = limit_bytes
+        self.stream_limit = stream_limit_bytes
+        self.held = 0
+        self.peak = 0
+        self.open_streams = 0
+        self.waiting = 0
+        self._changed: asyncio.Future[None] | None = None
+
+    def open(self) -> StreamBuffer:
+        self.open_streams += 1
+        return StreamBuffer()
+
+    def close(self, _stream: StreamBuffer) -> None:
+        self.open_streams -= 1
+
+    def _has_room(self, stream: StreamBuffer) -> bool:
+        return self.held < self.limit and stream.held < self.stream_limit
+
+    async def wait_for_room(self, stream: StreamBuffer) -> None:
+        if self._has_room(stream):
+            return
+        self.waiting += 1
+        try:
+            while not self._has_room(stream):
+                if self._changed is None or self._changed.done():
+                    self._changed = asyncio.get_running_loop().create_future()
+                await asyncio.shield(self._changed)
+        finally:
+            self.waiting -= 1
+
+    def add(self, stream: StreamBuffer | None, nbytes: int) -> None:
+        self.held += nbytes
+        self.peak = max(self.peak, self.held)
+        if stream is not None:
+            stream.held += nbytes
+
+    def release(self, batches: Iterable[PendingBatch]) -> None:
+        for batch in batches:
+            self.held -= batch.nbytes
+            if batch.stream is not None:
+                batch.stream.held -= batch.nbytes
+        if self._changed is not None and not self._changed.done():
+            self._changed.set_result(None)
+
+
+# --- the writer ---------------------------------------------------------------------------
+
+
+class RetryGroup(Exception):
+    """A concurrent writer (another replica) committed some of the same keys first."""
+
+
+def timestamp_of_ms(ms: int) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromMilliseconds(ms)
+    return stamp
+
+
+def ok_status() -> status_pb2.Status:
+    return status_pb2.Status(code=code_pb2.OK)
+
+
+@dataclass
+class _Outcome:
+    """What one commit decided for the batches it wrote."""
+
+    accepted: Int64s
+    duplicates: Int64s
+    rejected: dict[int, Int64s] = field(default_factory=dict)
+
+
+class GroupCommitWriter:
+    """One writer per process: commits queued batches of every stream together."""
+
+    def __init__(
+        self,
+        database: Database,
+        outbox: Outbox,
+        partitions: Partitions,
+        buffer: IngestBuffer,
+        max_group_readings: int,
+    ) -> None:
+        self._database = database
+        self._outbox = outbox
+        self._partitions = partitions
+        self._buffer = buffer
+        self._max_group = max_group_readings
+        self._queue: deque[PendingBatch] = deque()
+        self._wakeup = asyncio.Event()
+        self._skip_direct = 0
+        self.stats = IngestStats()
+
+    def submit(self, batch: PendingBatch) -> asyncio.Future[telemetry_pb2.BatchResult]:
+        """Queues a batch; its future resolves with its result after COMMIT (or fails)."""
+        self._buffer.add(batch.stream, batch.nbytes)
+        self._queue.append(batch)
+        self._wakeup.set()
+        return batch.future
+
+    async def run(self) -> None:
+        """Two committers: while one waits on PostgreSQL the other prepares its group, so
+        neither the database nor this process idles. Acks stay in order per stream (streams
+        await their batches' results in order)."""
+        await asyncio.gather(*(self._committer() for _ in range(COMMITTERS)))
+
+    async def _committer(self) -> None:
+        while True:
+            while not self._queue:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            group = self._take_group()
+            try:
+                await self._commit_with_retry(group)
+            finally:
+                self._buffer.release(group)
+
+    def _take_group(self) -> list[PendingBatch]:
+        group = [self._queue.popleft()]
+        readings = len(group[0].times)
+        while self._queue and readings + len(self._queue[0].times) <= self._max_group:
+            batch = self._queue.popleft()
+            readings += len(batch.times)
+            group.append(batch)
+        return group
+
+    async def _commit_with_retry(self, group: list[PendingBatch]) -> None:
+        error: BaseException
+        for attempt in range(5):
+            try:
+                results = await self._commit(group)
+            except (RetryGroup, psycopg.errors.UniqueViolation) as race:
+                log.info("ingest: concurrent writer, retrying the group (%s)", race)
+                error = race
+                await asyncio.sleep(0.05 * (attempt + 1))
+                continue
+            except DATABASE_ERRORS as exc:
+                log.warning(
+                    "ingest: database unavailable, failing %d batches (%s)", len(group), exc
+                )
+                error = Unavailable("the database is unavailable; resend unacknowledged batches")
+                break
+            except Exception as exc:
+                log.exception("ingest: commit failed")
+                error = exc
+                break
+            for batch, result in zip(group, results, strict=True):
+                if not batch.future.done():
+                    batch.future.set_result(result)
+            return
+        else:
+            error = Unavailable("could not commit after repeated write conflicts; resend")
+        for batch in group:
+            if not batch.future.done():
+                batch.future.set_exception(error)
+                # Retrieved by the stream, or nobody (the client went away): don't warn.
+                batch.future.exception()
+
+    async def _commit(self, group: Sequence[PendingBatch]) -> list[telemetry_pb2.BatchResult]:
+        now = datetime.now(UTC)
+        results: list[telemetry_pb2.BatchResult | None] = [None] * len(group)
+        followers: dict[int, int] = {}
+        leaders: dict[tuple[str, str], int] = {}
+        for position, batch in enumerate(group):
+            if batch.batch_id:
+                key = (batch.meter_id, batch.batch_id)
+                if key in leaders:
+                    followers[position] = leaders[key]
+                else:
+                    leaders[key] = position
+        await self._partitions.ensure_for(
+            np.concatenate([b.times[b.reasons == 0] for b in group]) if group else np.empty(0)
+        )
+        async with self._database.transaction() as session:
+            connection = await session.connection()
+            raw = await connection.get_raw_connection()
+            pg: psycopg.AsyncConnection[object] = raw.driver_connection  # type: ignore[assignment]
+            async with pg.cursor() as cursor:
+                if leaders:
+                    await cursor.execute(
+                        BATCHES_DONE,
+                        ([key[0] for key in leaders], [key[1] for key in leaders]),
+                    )
+                    done: list[Any] = await cursor.fetchall()
+                    for meter_id, batch_id, stored_result in done:
+                        position = leaders[(str(meter_id), str(batch_id))]
+                        result = telemetry_pb2.BatchResult.FromString(bytes(stored_result))
+                        result.batch_index = group[position].index
+                        result.replayed = True
+                        results[position] = result
+                writing = [
+                    position
+                    for position in range(len(group))
+                    if results[position] is None and position not in followers
+                ]
+                if writing:
+                    fresh = await self._write(cursor, [group[p] for p in writing], now)
+                    for position, result in zip(writing, fresh, strict=True):
+                        results[position] = result
+                    await self._record_batches(cursor, group, writing, results, now)
+                    await self._emit_events(session, group, writing, *self._last_accepted)
+        self._outbox.wake()
+        for position, leader in followers.items():
+            copy = telemetry_pb2.BatchResult()
+            copy.CopyFrom(results[leader])  # type: ignore[arg-type]
+            copy.batch_index = group[position].index
+            copy.replayed = True
+            results[position] = copy
+        final = [result for result in results if result is not None]
+        assert len(final) == len(group)
+        self.stats.commits += 1
+        self.stats.committed_batches += len(group)
+        self.stats.committed_readings += sum(r.accepted for r in final if not r.replayed)
+        return final
+
+    async def _write(
+        self,
+        cursor: psycopg.AsyncCursor[object],
+        batches: Sequence[PendingBatch],
+        now: datetime,
+    ) -> list[telemetry_pb2.BatchResult]:
+        count = len(batches)
+        valid = [batch.reasons == 0 for batch in batches]
+        times = np.concatenate([b.times[v] for b, v in zip(batches, valid, strict=True)])
+        values = np.concatenate([b.values[v] for b, v in zip(batches, valid, strict=True)])
+        owner = np.concatenate(
+            [np.full(int(v.sum()), i, dtype=np.int32) for i, v in enumerate(valid)]
+        )
+        total = len(times)
+        meter_ids = sorted({b.meter_id for b in batches})
+        meter_code = {meter_id: code for code, meter_id in enumerate(meter_ids)}
+        batch_meter = np.array([meter_code[b.meter_id] for b in batches], dtype=np.int32)
+        meters = batch_meter[owner] if total else np.empty(0, dtype=np.int32)
+
+        # Readings repeated inside the group: the first (in arrival order) leads its key.
+        order = np.lexsort((np.arange(total), times, meters))
+        repeated_sorted = np.zeros(total, dtype=bool)
+        if total > 1:
+            repeated_sorted[1:] = (meters[order][1:] == meters[order][:-1]) & (
+                times[order][1:] == times[order][:-1]
+            )
+        lead_sorted = np.maximum.accumulate(np.where(repeated_sorted, 0, np.arange(total)))
+        leader = np.empty(total, dtype=np.int64)
+        leader[order] = order[lead_sorted]
+        repeated = np.zeros(total, dtype=bool)
+        repeated[order] = repeated_sorted
+        staged = np.flatnonzero(~repeated)
+
+        uuids = np.frombuffer(
+            b"".join(uuid.UUID(meter_id).bytes for meter_id in meter_ids), dtype="V16"
+        )
+        existed, stored_value = await self._store(
+            cursor, uuids[meters[staged]], times[staged], values[staged], staged, total
+        )
+        # What is stored for each key now: the older value, or what its leader just wrote.
+        effective = np.where(existed, stored_value, values)
+        reference = effective[leader]
+        accepted = ~repeated & ~existed
+        same = values == reference
+        duplicate = ~accepted & same
+        conflict = ~accepted & ~same
+
+        outcome = _Outcome(
+            accepted=np.bincount(owner[accepted], minlength=count).astype(np.int64),
+            duplicates=np.bincount(owner[duplicate], minlength=count).astype(np.int64),
+        )
+        rejected_rows: list[tuple[object, ...]] = []
+        for i, batch in enumerate(batches):
+            bad = np.flatnonzero(batch.reasons)
+            for j in bad:
+                rejected_rows.append(
+                    (
+                        batch.meter_id,
+                        batch.organization_id,
+                        batch.batch_id,
+                        int(batch.times[j]),
+                        float(batch.values[j]),
+                        int(batch.reasons[j]),
+                        None,
+                        now,
+                    )
+                )
+            del i
+        for j in np.flatnonzero(conflict):
+            batch = batches[owner[j]]
+            rejected_rows.append(
+                (
+                    batch.meter_id,
+                    batch.organization_id,
+                    batch.batch_id,
+                    int(times[j]),
+                    float(values[j]),
+                    CONFLICT,
+                    float(reference[j]),
+                    now,
+                )
+            )
+        if rejected_rows:
+            async with cursor.copy(
+                "COPY telemetry.rejected_readings (meter_id, organization_id, batch_id, "
+                "time_unix_ms, value, reason, stored_value, receive_time) FROM STDIN"
+            ) as copy:
+                await copy.write("".join(copy_text_line(row) for row in rejected_rows))
+        conflicts = np.bincount(owner[conflict], minlength=count)
+        self._last_accepted = (times[accepted], owner[accepted])
+        results: list[telemetry_pb2.BatchResult] = []
+        for i, batch in enumerate(batches):
+            by_reason = np.bincount(batch.reasons, minlength=max(REASONS) + 1)
+            by_reason[CONFLICT] += conflicts[i]
+            results.append(
+                telemetry_pb2.BatchResult(
+                    batch_id=batch.batch_id,
+                    meter_id=batch.meter_id,
+                    batch_index=batch.index,
+                    accepted=int(outcome.accepted[i]),
+                    duplicates=int(outcome.duplicates[i]),
+                    rejected=[
+                        telemetry_pb2.RejectedCount(reason=reason, count=int(by_reason[reason]))
+                        for reason in REASONS
+                        if by_reason[reason]
+                    ],
+                    status=ok_status(),
+                    commit_time=timestamp_pb2.Timestamp(seconds=int(now.timestamp())),
+                )
+            )
+        return results
+
+    async def _store(
+        self,
+        cursor: psycopg.AsyncCursor[object],
+        meters: npt.NDArray[np.void],
+        times: Int64s,
+        values: Floats,
+        seqs: Int64s,
+        total: int,
+    ) -> tuple[npt.NDArray[np.bool_], Floats]:
+        """Stores the group's unique readings. Returns, per reading of the group, whether its
+        (meter, time) was stored before and the value stored then."""
+        existed = np.zeros(total, dtype=bool)
+        stored_value = np.full(total, np.nan)
+        if not len(seqs):
+            return existed, stored_value
+        if self._skip_direct == 0:
+            # Fast path for new data: COPY straight into readings. A key stored before makes
+            # the COPY fail (unique violation); then the savepoint is rolled back and the
+            # staging path below sorts duplicates from conflicts.
+            rows = np.zeros(len(seqs), dtype=READING_ROW)
+            rows["fields"] = 3
+            rows["meter_len"] = 16
+            rows["time_len"] = 8
+            rows["value_len"] = 8
+            rows["meter"] = meters
+            rows["time"] = (times - PG_EPOCH_MS) * 1000
+            rows["value"] = values
+            await cursor.execute("SAVEPOINT ingest_direct")
+            try:
+                async with cursor.copy(COPY_READINGS) as copy:
+                    await copy.write(COPY_HEADER + rows.tobytes() + COPY_TRAILER)
+            except psycopg.errors.UniqueViolation:
+                await cursor.execute("ROLLBACK TO SAVEPOINT ingest_direct")
+                # Back in the top-level transaction, whose xid STORED_BEFORE compares with.
+                await cursor.execute("RELEASE SAVEPOINT ingest_direct")
+                self._skip_direct = DIRECT_BACKOFF_GROUPS
+            else:
+                await cursor.execute("RELEASE SAVEPOINT ingest_direct")
+                return existed, stored_value
+        else:
+            self._skip_direct -= 1
+        await cursor.execute(CREATE_STAGING)
+        rows = np.zeros(len(seqs), dtype=STAGING_ROW)
+        rows["fields"] = 4
+        rows["meter_len"] = 16
+        rows["time_len"] = 8
+        rows["value_len"] = 8
+        rows["seq_len"] = 4
+        rows["meter"] = meters
+        rows["time"] = (times - PG_EPOCH_MS) * 1000
+        rows["value"] = values
+        rows["seq"] = seqs
+        async with cursor.copy(COPY_STAGING) as copy:
+            await copy.write(COPY_HEADER + rows.tobytes() + COPY_TRAILER)
+        await cursor.execute(INSERT_STAGED)
+        inserted_row = await cursor.fetchone()
+        inserted = int(inserted_row[0]) if inserted_row else 0  # type: ignore[index]
+        if inserted < len(seqs):
+            await cursor.execute(STORED_BEFORE)
+            found: list[Any] = await cursor.fetchall()
+            if inserted + len(found) != len(seqs):
+                # Another transaction inserted some keys while we waited on them.
+                raise RetryGroup(f"{len(seqs) - inserted - len(found)} keys in flux")
+            if found:
+                positions = np.fromiter((row[0] for row in found), np.int64, len(found))
+                existed[positions] = True
+                stored_value[positions] = np.fromiter(
+                    (row[1] for row in found), np.float64, len(found)
+                )
+        return existed, stored_value
+
+    async def _record_batches(
+        self,
+        cursor: psycopg.AsyncCursor[object],
+        group: Sequence[PendingBatch],
+        writing: Sequence[int],
+        results: Sequence[telemetry_pb2.BatchResult | None],
+        now: datetime,
+    ) -> None:
+        rows = [
+            (
+                group[p].meter_id,
+                group[p].batch_id,
+                group[p].organization_id,
+                results[p].SerializeToString(),  # type: ignore[union-attr]
+                now,
+            )
+            for p in writing
+            if group[p].batch_id
+        ]
+        if rows:
+            # No ON CONFLICT: a batch id committed meanwhile by another replica is a
+            # UniqueViolation, and the whole group is retried (it then replays that batch).
+            await cursor.executemany(
+                "INSERT INTO telemetry.batches "
+                "(meter_id, batch_id, organization_id, result, commit_time) "
+                "VALUES (%s, %s, %s, %s, %s)",
+                rows,
+            )
+
+    async def _emit_events(
+        self,
+        session: AsyncSession,
+        group: Sequence[PendingBatch],
+        writing: Sequence[int],
+        accepted_times: Int64s,
+        accepted_owner: npt.NDArray[np.int32],
+    ) -> None:
+        """One telemetry.readings.committed per meter that got new readings, all queued in
+        the outbox with one statement."""
+        if not len(accepted_times):
+            return
+        meter_of = np.array([group[position].meter_id for position in writing])
+        meters = meter_of[accepted_owner]
+        order = np.argsort(meters, kind="stable")
+        meters, times, owners = meters[order], accepted_times[order], accepted_owner[order]
+        starts = np.flatnonzero(np.r_[True, meters[1:] != meters[:-1]])
+        firsts = np.minimum.reduceat(times, starts)
+        lasts = np.maximum.reduceat(times, starts)
+        counts = np.diff(np.r_[starts, len(meters)])
+        rows = []
+        for i, start in enumerate(starts.tolist()):
+            stop = start + int(counts[i])
+            batches = [group[writing[o]] for o in np.unique(owners[start:stop]).tolist()]
+            event = events_pb2.ReadingsCommitted(
+                organization_id=batches[0].organization_id,
+                meter_id=str(meters[start]),
+                first_time=timestamp_of_ms(int(firsts[i])),
+                last_time=timestamp_of_ms(int(lasts[i])),
+                count=int(counts[i]),
+                batch_ids=[b.batch_id for b in batches if b.batch_id],
+            )
+            message_id = str(uuid.uuid4())
+            rows.append(
+                {
+                    "id": message_id,
+                    "subject": READINGS_COMMITTED,
+                    "payload": json_format.MessageToJson(event, indent=None).encode(),
+                    "headers": event_headers(event, message_id),
+                }
+            )
+        # The kernel's Outbox.add, for many events in one round trip.
+        await session.execute(OUTBOX.insert(), rows)
+
+
+def _copy_text(value: object) -> str:
+    if value is None:
+        return "\\N"
+    if isinstance(value, float):
+        return (
+            repr(value)
+            if np.isfinite(value)
+            else {"nan": "NaN", "inf": "Infinity"}.get(str(value), "-Infinity")
+        )
+    if isinstance(value, datetime):
+        return value.isoformat()
+    text = str(value)
+    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+
+def copy_text_line(row: Sequence[object]) -> str:
+    """One row in COPY's text format."""
+    return "\t".join(_copy_text(value) for value in row) + "\n"
+
+
+def refused_result(
+    index: int, batch_id: str, meter_id: str, error: DomainError
+) -> telemetry_pb2.BatchResult:
+    """The result of a batch refused whole (nothing of it written)."""
+    return telemetry_pb2.BatchResult(
+        batch_id=batch_id,
+        meter_id=meter_id,
+        batch_index=index,
+        status=status_pb2.Status(
+            code=error.code.value[0], message=error.message, details=error.details()
+        ),
+    )
