@@ -14,10 +14,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import grpc
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
 from grpc_status import rpc_status
 
 from services.kernel.context import (
@@ -29,7 +31,7 @@ from services.kernel.context import (
     current_trace,
 )
 from services.kernel.database import database_error
-from services.kernel.errors import DomainError, Unauthenticated, internal_status
+from services.kernel.errors import DomainError, InvalidArgument, Unauthenticated, internal_status
 from services.kernel.permissions import Permission, require
 from services.kernel.tokens import TokenVerifier
 
@@ -158,6 +160,32 @@ async def _abort(context: grpc.aio.ServicerContext[Any, Any], error: DomainError
     )
 
 
+def reject_nul_characters(request: Message) -> None:
+    """PostgreSQL text cannot hold NUL; refuse it up front as a field violation instead of
+    failing deep in a query."""
+    violations = list(_nul_fields(request, ""))
+    if violations:
+        raise InvalidArgument([(field, "must not contain NUL characters") for field in violations])
+
+
+def _nul_fields(message: Message, prefix: str) -> Iterator[str]:
+    for field, value in message.ListFields():
+        path = f"{prefix}{field.name}"
+        repeated = field.is_repeated
+        if field.type == FieldDescriptor.TYPE_STRING:
+            if any("\x00" in text for text in (value if repeated else [value])):
+                yield path
+        elif field.message_type is not None:
+            if field.message_type.GetOptions().map_entry:
+                if any("\x00" in f"{key}{item}" for key, item in value.items()):
+                    yield path
+            elif repeated:
+                for index, item in enumerate(value):
+                    yield from _nul_fields(item, f"{path}[{index}].")
+            else:
+                yield from _nul_fields(value, f"{path}.")
+
+
 Scope = Callable[[grpc.aio.ServicerContext[Any, Any]], contextlib.AbstractAsyncContextManager[Any]]
 
 
@@ -170,6 +198,7 @@ def _wrap_handler(handler: Handler, scope: Scope) -> Handler:
 
         async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             async with scope(context):
+                reject_nul_characters(request)
                 return await unary_unary(request, context)
 
         return grpc.unary_unary_rpc_method_handler(

@@ -120,3 +120,13 @@ async def test_server_reflection_lists_the_services(mesh: Mesh) -> None:
         async for response in responses:
             names = {service.name for service in response.list_services_response.service}
     assert {"energymesh.auth.v1.AuthService", "grpc.health.v1.Health"} <= names
+
+
+async def test_nul_characters_are_a_field_violation_not_a_crash(http: httpx.AsyncClient) -> None:
+    account = await register(http)
+    created = await http.post(
+        "/v1/sites", headers=account.headers, json={"name": "a\u0000b", "timeZone": "Europe/Berlin"}
+    )
+    assert created.status_code == 400
+    listed = await http.get("/v1/meters?query=a%00b", headers=account.headers)
+    assert listed.status_code == 400

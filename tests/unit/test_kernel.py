@@ -74,3 +74,20 @@ def test_client_address_honours_trusted_proxies() -> None:
     assert client_address(chain, "ipv4:10.0.0.9:5555", trusted_hops=9) == "198.51.100.7"
     assert client_address({}, "ipv4:10.0.0.9:5555") == "10.0.0.9"
     assert client_address({}, "ipv6:[::1]:5555") == "::1"
+
+
+def test_nul_characters_are_field_violations() -> None:
+    from google.protobuf import struct_pb2
+
+    from energymesh.auth.v1 import auth_pb2
+    from services.kernel.interceptors import reject_nul_characters
+
+    reject_nul_characters(auth_pb2.RegisterRequest(email="a@example.com", password="fine"))
+    with pytest.raises(InvalidArgument) as raised:
+        reject_nul_characters(
+            auth_pb2.CreateUserRequest(user=auth_pb2.User(display_name="a\x00b"), password="p\x00")
+        )
+    assert {field for field, _ in raised.value.violations} == {"user.display_name", "password"}
+    event = auth_pb2.AuditEvent(details=struct_pb2.Struct())
+    event.details.update({"k": "v"})
+    reject_nul_characters(event)
