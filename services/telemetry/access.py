@@ -20,7 +20,6 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import TypeVar
 
 import grpc
@@ -156,12 +155,29 @@ class CredentialWriter(WriteCaller):
     def organization_id(self) -> str:  # type: ignore[override]
         return self.answer.organization_id
 
+    # Derived from `answer` (a set of its meter ids: a repeated field is scanned linearly;
+    # its expiry in ms), recomputed whenever the answer is replaced.
+    _of_answer: devices_pb2.AuthenticateCredentialResponse | None = field(
+        default=None, init=False, repr=False
+    )
+    _meter_ids: frozenset[str] = field(default=frozenset(), init=False, repr=False)
+    _expire_ms: int | None = field(default=None, init=False, repr=False)
+
+    def _derive(self) -> None:
+        if self._of_answer is not self.answer:
+            self._meter_ids = frozenset(self.answer.meter_ids)
+            self._expire_ms = (
+                self.answer.expire_time.ToMilliseconds()
+                if self.answer.HasField("expire_time")
+                else None
+            )
+            self._of_answer = self.answer
+
     def check_current(self) -> None:
+        self._derive()
         if self.answer.credential_id in self.access.revoked:
             raise Unauthenticated("the credential has been revoked")
-        if self.answer.HasField("expire_time") and (
-            self.answer.expire_time.ToDatetime(tzinfo=UTC) <= datetime.now(UTC)
-        ):
+        if self._expire_ms is not None and self._expire_ms <= time.time() * 1000:
             raise Unauthenticated("the credential has expired")
 
     async def meter(self, meter_id: str) -> MeterAccess:
@@ -172,13 +188,14 @@ class CredentialWriter(WriteCaller):
             else:
                 raise InvalidArgument([("meter_id", "is required with an ingest key")])
         if (
-            meter_id not in self.answer.meter_ids
+            meter_id not in self._meter_ids
             and self.answer.kind != METER_TOKEN
             and time.monotonic() - self.refreshed > REFRESH_SECONDS
         ):
             self.answer = await self.access.authenticate(self.secret, fresh=True)
             self.refreshed = time.monotonic()
-        if meter_id not in self.answer.meter_ids:
+            self._derive()
+        if meter_id not in self._meter_ids:
             raise NotFound(
                 f"meter {meter_id!r} not found (or not writable with this credential)",
                 metadata={"resource": "meter"},

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 import uuid
 from collections import deque
@@ -64,6 +65,9 @@ CONFLICT = R.REJECT_REASON_CONFLICT
 REASONS = (NOT_FINITE, IN_FUTURE, TOO_OLD, NEGATIVE_COUNTER, IMPLAUSIBLE, CONFLICT)
 
 FUTURE_TOLERANCE_MS = 5 * 60 * 1000
+# Batches this small are classified reading by reading in Python (numpy's fixed cost per
+# call dominates below this).
+SMALL_BATCH = 16
 # Beyond this, no register of any unit is plausible.
 MAX_ABS_VALUE = 1e15
 # devices.v1.RegisterType: CUMULATIVE = 1, INTERVAL = 2 (counters: never negative).
@@ -90,6 +94,14 @@ COPY_STAGING = (
     "COPY telemetry_ingest_staging (meter_id, time, value, seq) FROM STDIN (FORMAT BINARY)"
 )
 COMMITTERS = 2
+# A second commit starts while one is in flight only for at least this many queued readings:
+# small batches (one reading per message) then gather into one group while the first commit
+# runs, instead of paying a transaction each.
+PARALLEL_MIN_READINGS = 10_000
+# Groups smaller than that start at most this often: a stream of one-reading messages is
+# committed in groups of many messages (each transaction, outbox event and fsync costs as
+# much as thousands of readings); acks still follow the commits.
+SMALL_GROUP_INTERVAL_SECONDS = 0.01
 # After a direct COPY met stored keys, this many groups go through staging straight away.
 DIRECT_BACKOFF_GROUPS = 4
 STAGING_ROW = np.dtype(
@@ -159,6 +171,14 @@ def classify(
     horizon_ms: int,
 ) -> Reasons:
     """Per reading: 0 if valid, else the (first) RejectReason that applies."""
+    if len(times) <= SMALL_BATCH:
+        return np.array(
+            [
+                classify_one(int(t), float(v), rules, now_ms, horizon_ms)
+                for t, v in zip(times.tolist(), values.tolist(), strict=True)
+            ],
+            dtype=np.int8,
+        )
     reasons = np.zeros(len(times), dtype=np.int8)
 
     def mark(mask: npt.NDArray[np.bool_], reason: int) -> None:
@@ -174,6 +194,31 @@ def classify(
         if rules is not None and rules.register_type == CUMULATIVE and rules.rollover_value:
             mark(values > rules.rollover_value, IMPLAUSIBLE)
     return reasons
+
+
+def classify_one(
+    time_ms: int, value: float, rules: MeterRules | None, now_ms: int, horizon_ms: int
+) -> int:
+    """`classify` for one reading, without numpy's per-call overhead (tiny batches)."""
+    if not math.isfinite(value):
+        return NOT_FINITE
+    if time_ms > now_ms + FUTURE_TOLERANCE_MS:
+        return IN_FUTURE
+    if time_ms < now_ms - horizon_ms:
+        return TOO_OLD
+    counter = rules is not None and rules.register_type in COUNTER_REGISTERS
+    if counter and value < 0:
+        return NEGATIVE_COUNTER
+    if abs(value) > MAX_ABS_VALUE:
+        return IMPLAUSIBLE
+    if (
+        rules is not None
+        and rules.register_type == CUMULATIVE
+        and rules.rollover_value
+        and value > rules.rollover_value
+    ):
+        return IMPLAUSIBLE
+    return 0
 
 
 @dataclass(eq=False)
@@ -335,13 +380,18 @@ class GroupCommitWriter:
         self._queue: deque[PendingBatch] = deque()
         self._wakeup = asyncio.Event()
         self._skip_direct = 0
+        self._queued_readings = 0
+        self._in_flight = 0
+        self._last_start = 0.0
         self.stats = IngestStats()
 
     def submit(self, batch: PendingBatch) -> asyncio.Future[telemetry_pb2.BatchResult]:
         """Queues a batch; its future resolves with its result after COMMIT (or fails)."""
         self._buffer.add(batch.stream, batch.nbytes)
         self._queue.append(batch)
-        self._wakeup.set()
+        self._queued_readings += len(batch.times)
+        if not self._in_flight or self._queued_readings >= PARALLEL_MIN_READINGS:
+            self._wakeup.set()
         return batch.future
 
     async def run(self) -> None:
@@ -352,14 +402,27 @@ class GroupCommitWriter:
 
     async def _committer(self) -> None:
         while True:
-            while not self._queue:
+            while not self._queue or (
+                self._in_flight and self._queued_readings < PARALLEL_MIN_READINGS
+            ):
                 self._wakeup.clear()
                 await self._wakeup.wait()
+            if self._queued_readings < PARALLEL_MIN_READINGS:
+                pause = self._last_start + SMALL_GROUP_INTERVAL_SECONDS - time.monotonic()
+                if pause > 0:
+                    await asyncio.sleep(pause)
+                if not self._queue or self._in_flight:
+                    continue  # the other committer took the group meanwhile
+            self._last_start = time.monotonic()
             group = self._take_group()
+            self._in_flight += 1
             try:
                 await self._commit_with_retry(group)
             finally:
+                self._in_flight -= 1
                 self._buffer.release(group)
+                if self._queue:
+                    self._wakeup.set()
 
     def _take_group(self) -> list[PendingBatch]:
         group = [self._queue.popleft()]
@@ -368,6 +431,7 @@ class GroupCommitWriter:
             batch = self._queue.popleft()
             readings += len(batch.times)
             group.append(batch)
+        self._queued_readings -= readings
         return group
 
     async def _commit_with_retry(self, group: list[PendingBatch]) -> None:
@@ -466,12 +530,13 @@ class GroupCommitWriter:
         now: datetime,
     ) -> list[telemetry_pb2.BatchResult]:
         count = len(batches)
-        valid = [batch.reasons == 0 for batch in batches]
-        times = np.concatenate([b.times[v] for b, v in zip(batches, valid, strict=True)])
-        values = np.concatenate([b.values[v] for b, v in zip(batches, valid, strict=True)])
-        owner = np.concatenate(
-            [np.full(int(v.sum()), i, dtype=np.int32) for i, v in enumerate(valid)]
-        )
+        lengths = np.fromiter((len(b.times) for b in batches), np.int64, count)
+        all_times = np.concatenate([b.times for b in batches])
+        all_values = np.concatenate([b.values for b in batches])
+        all_reasons = np.concatenate([b.reasons for b in batches])
+        all_owner = np.repeat(np.arange(count, dtype=np.int32), lengths)
+        valid = all_reasons == 0
+        times, values, owner = all_times[valid], all_values[valid], all_owner[valid]
         total = len(times)
         meter_ids = sorted({b.meter_id for b in batches})
         meter_code = {meter_id: code for code, meter_id in enumerate(meter_ids)}
@@ -511,24 +576,22 @@ class GroupCommitWriter:
             duplicates=np.bincount(owner[duplicate], minlength=count).astype(np.int64),
         )
         rejected_rows: list[tuple[object, ...]] = []
-        for i, batch in enumerate(batches):
-            bad = np.flatnonzero(batch.reasons)
-            for j in bad:
-                rejected_rows.append(
-                    (
-                        batch.meter_id,
-                        batch.organization_id,
-                        batch.batch_id,
-                        int(batch.times[j]),
-                        float(batch.values[j]),
-                        int(batch.reasons[j]),
-                        None,
-                        now,
-                    )
+        for j in np.flatnonzero(all_reasons).tolist():
+            batch = batches[int(all_owner[j])]
+            rejected_rows.append(
+                (
+                    batch.meter_id,
+                    batch.organization_id,
+                    batch.batch_id,
+                    int(all_times[j]),
+                    float(all_values[j]),
+                    int(all_reasons[j]),
+                    None,
+                    now,
                 )
-            del i
-        for j in np.flatnonzero(conflict):
-            batch = batches[owner[j]]
+            )
+        for j in np.flatnonzero(conflict).tolist():
+            batch = batches[int(owner[j])]
             rejected_rows.append(
                 (
                     batch.meter_id,
@@ -547,28 +610,36 @@ class GroupCommitWriter:
                 "time_unix_ms, value, reason, stored_value, receive_time) FROM STDIN"
             ) as copy:
                 await copy.write("".join(copy_text_line(row) for row in rejected_rows))
-        conflicts = np.bincount(owner[conflict], minlength=count)
+        width = max(REASONS) + 1
+        by_reason = np.bincount(
+            all_owner.astype(np.int64) * width + all_reasons, minlength=count * width
+        ).reshape(count, width)
+        by_reason[:, CONFLICT] += np.bincount(owner[conflict], minlength=count)
         self._last_accepted = (times[accepted], owner[accepted])
+        accepted_counts = outcome.accepted.tolist()
+        duplicate_counts = outcome.duplicates.tolist()
+        has_rejected = [bool(n) for n in np.count_nonzero(by_reason, axis=1).tolist()]
+        commit_time = timestamp_pb2.Timestamp(seconds=int(now.timestamp()))
+        status = ok_status()
         results: list[telemetry_pb2.BatchResult] = []
         for i, batch in enumerate(batches):
-            by_reason = np.bincount(batch.reasons, minlength=max(REASONS) + 1)
-            by_reason[CONFLICT] += conflicts[i]
-            results.append(
-                telemetry_pb2.BatchResult(
-                    batch_id=batch.batch_id,
-                    meter_id=batch.meter_id,
-                    batch_index=batch.index,
-                    accepted=int(outcome.accepted[i]),
-                    duplicates=int(outcome.duplicates[i]),
-                    rejected=[
-                        telemetry_pb2.RejectedCount(reason=reason, count=int(by_reason[reason]))
-                        for reason in REASONS
-                        if by_reason[reason]
-                    ],
-                    status=ok_status(),
-                    commit_time=timestamp_pb2.Timestamp(seconds=int(now.timestamp())),
-                )
+            result = telemetry_pb2.BatchResult(
+                batch_id=batch.batch_id,
+                meter_id=batch.meter_id,
+                batch_index=batch.index,
+                accepted=accepted_counts[i],
+                duplicates=duplicate_counts[i],
+                status=status,
+                commit_time=commit_time,
             )
+            if has_rejected[i]:
+                counts_of: list[int] = [int(n) for n in by_reason[i]]
+                result.rejected.extend(
+                    telemetry_pb2.RejectedCount(reason=reason, count=counts_of[reason])
+                    for reason in REASONS
+                    if counts_of[reason]
+                )
+            results.append(result)
         return results
 
     async def _store(
@@ -683,24 +754,32 @@ class GroupCommitWriter:
         the outbox with one statement."""
         if not len(accepted_times):
             return
-        meter_of = np.array([group[position].meter_id for position in writing])
-        meters = meter_of[accepted_owner]
-        order = np.argsort(meters, kind="stable")
-        meters, times, owners = meters[order], accepted_times[order], accepted_owner[order]
-        starts = np.flatnonzero(np.r_[True, meters[1:] != meters[:-1]])
-        firsts = np.minimum.reduceat(times, starts)
-        lasts = np.maximum.reduceat(times, starts)
-        counts = np.diff(np.r_[starts, len(meters)])
+        # accepted_owner is ascending (readings are concatenated batch by batch): reduce per
+        # batch with numpy, then merge the batches of each meter.
+        starts = np.flatnonzero(np.r_[True, accepted_owner[1:] != accepted_owner[:-1]])
+        owners = accepted_owner[starts].tolist()
+        firsts = np.minimum.reduceat(accepted_times, starts).tolist()
+        lasts = np.maximum.reduceat(accepted_times, starts).tolist()
+        counts = np.diff(np.r_[starts, len(accepted_times)]).tolist()
+        per_meter: dict[str, list[Any]] = {}
+        for owner, first, last, count in zip(owners, firsts, lasts, counts, strict=True):
+            batch = group[writing[owner]]
+            entry = per_meter.get(batch.meter_id)
+            if entry is None:
+                per_meter[batch.meter_id] = [batch.organization_id, first, last, count, [batch]]
+            else:
+                entry[1] = min(entry[1], first)
+                entry[2] = max(entry[2], last)
+                entry[3] += count
+                entry[4].append(batch)
         rows = []
-        for i, start in enumerate(starts.tolist()):
-            stop = start + int(counts[i])
-            batches = [group[writing[o]] for o in np.unique(owners[start:stop]).tolist()]
+        for meter_id, (organization_id, first, last, count, batches) in per_meter.items():
             event = events_pb2.ReadingsCommitted(
-                organization_id=batches[0].organization_id,
-                meter_id=str(meters[start]),
-                first_time=timestamp_of_ms(int(firsts[i])),
-                last_time=timestamp_of_ms(int(lasts[i])),
-                count=int(counts[i]),
+                organization_id=organization_id,
+                meter_id=meter_id,
+                first_time=timestamp_of_ms(first),
+                last_time=timestamp_of_ms(last),
+                count=count,
                 batch_ids=[b.batch_id for b in batches if b.batch_id],
             )
             message_id = str(uuid.uuid4())
