@@ -3,11 +3,13 @@ consumer of telemetry.readings.committed and served by GET /v1/meters/{id}/consu
 
 from __future__ import annotations
 
+import json
 import math
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+from nats.aio.client import Client
 
 from tests.e2e.device_steps import assign, create_meter, create_site
 from tests.e2e.helpers import Account, add_user, eventually, register
@@ -43,7 +45,9 @@ def points(response: httpx.Response) -> list[dict[str, Any]]:
     return found
 
 
-async def test_meter_consumption_counts_local_days_across_dst(http: httpx.AsyncClient) -> None:
+async def test_meter_consumption_counts_local_days_across_dst(
+    http: httpx.AsyncClient, nats_client: Client
+) -> None:
     admin = await register(http)
     site = await create_site(http, admin, timeZone="Europe/Berlin")
     meter = (await create_meter(http, admin, site["siteId"], unit="kWh"))["meterId"]
@@ -56,18 +60,37 @@ async def test_meter_consumption_counts_local_days_across_dst(http: httpx.AsyncC
     for i in range(1, len(times)):
         values.append(values[-1] + 0.5 + (i % 7) * 0.25)
     expected_day = values[times.index(ms(DAY_END))] - values[times.index(ms(DAY_START))]
+    # One reading arrives late: first the day without it (a gap, so the day is incomplete),
+    # then the late reading alone, which recomputes that day's buckets.
+    late = times.index(ms("2026-10-25T10:00:00Z"))
     written = await http.post(
         f"/v1/meters/{meter}/readings:batchCreate",
         headers=admin.headers,
-        json={"batchId": "dst-day", "timeUnixMs": times, "values": values},
+        json={
+            "batchId": "dst-day",
+            "timeUnixMs": times[:late] + times[late + 1 :],
+            "values": values[:late] + values[late + 1 :],
+        },
     )
     assert written.status_code == 200, written.text
 
-    async def day_is_rolled_up() -> bool:
+    async def day_is_rolled_up(completeness: float) -> bool:
         days = points(await consumption(http, admin, meter, "GRANULARITY_DAY"))
-        return len(days) == 1 and math.isclose(days[0]["value"], expected_day, rel_tol=1e-9)
+        return (
+            len(days) == 1
+            and math.isclose(days[0]["value"], expected_day, rel_tol=1e-9)
+            and math.isclose(days[0]["completeness"], completeness)
+        )
 
-    await eventually(day_is_rolled_up, wait_seconds=30)
+    # 30 of the day's 1,500 minutes lack their 15-minute reading.
+    await eventually(lambda: day_is_rolled_up(1 - 30 / 1500), wait_seconds=30)
+    backfilled = await http.post(
+        f"/v1/meters/{meter}/readings:batchCreate",
+        headers=admin.headers,
+        json={"batchId": "late", "timeUnixMs": [times[late]], "values": [values[late]]},
+    )
+    assert backfilled.status_code == 200, backfilled.text
+    await eventually(lambda: day_is_rolled_up(1.0), wait_seconds=30)
     [day] = points(await consumption(http, admin, meter, "GRANULARITY_DAY"))
     assert day["startTime"] == DAY_START
     assert day["endTime"] == DAY_END
@@ -84,14 +107,53 @@ async def test_meter_consumption_counts_local_days_across_dst(http: httpx.AsyncC
     assert len(quarters) == 100
     assert math.isclose(sum(q["value"] for q in quarters), day["value"], rel_tol=1e-9)
 
-    # The same batch again stores nothing new and changes nothing.
+    # The same readings again store nothing new and change nothing; nor does the event about
+    # them delivered again. A later reading (the next day) shows the consumer got past it.
     again = await http.post(
         f"/v1/meters/{meter}/readings:batchCreate",
         headers=admin.headers,
-        json={"batchId": "dst-day", "timeUnixMs": times, "values": values},
+        json={"batchId": "all", "timeUnixMs": times, "values": values},
     )
     assert again.status_code == 200, again.text
+    redelivered = {
+        "organizationId": admin.organization_id,
+        "meterId": meter,
+        "firstTime": iso(times[0]),
+        "lastTime": iso(times[-1]),
+        "count": len(times),
+    }
+    await nats_client.jetstream().publish(
+        "telemetry.readings.committed", json.dumps(redelivered).encode()
+    )
+    next_day = await http.post(
+        f"/v1/meters/{meter}/readings:batchCreate",
+        headers=admin.headers,
+        json={
+            "batchId": "next",
+            "timeUnixMs": [times[-1] + QUARTER_MS],
+            "values": [values[-1] + 2],
+        },
+    )
+    assert next_day.status_code == 200, next_day.text
+
+    async def next_day_counted() -> bool:
+        response = await http.get(
+            f"/v1/meters/{meter}/consumption",
+            params={
+                "startTime": DAY_END,
+                "endTime": iso(ms(DAY_END) + 86_400_000),
+                "granularity": "GRANULARITY_DAY",
+            },
+            headers=admin.headers,
+        )
+        found = points(response)
+        return len(found) == 1 and math.isclose(
+            found[0]["value"], values[-1] + 2 - values[times.index(ms(DAY_END))]
+        )
+
+    await eventually(next_day_counted, wait_seconds=30)
     assert points(await consumption(http, admin, meter, "GRANULARITY_DAY")) == [day]
+    assert points(await consumption(http, admin, meter, "GRANULARITY_HOUR")) == hours
 
     # Another organization's admin, and a viewer not assigned to the meter, see nothing.
     stranger = await register(http, "Other Energy")
