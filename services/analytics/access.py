@@ -1,0 +1,80 @@
+"""Who may read which meter: the device registry decides.
+
+Every query looks its meter up with DeviceService.GetMeter on the caller's behalf (forwarding
+their `authorization` metadata), so another organization's meter, or a meter a viewer is not
+assigned to, is NOT_FOUND here exactly as in the registry. Answers are cached briefly per user
+and meter.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import grpc
+
+from energymesh.devices.v1 import devices_pb2, devices_pb2_grpc
+from services.kernel.context import Caller, current_trace
+from services.kernel.errors import NotFound, PermissionDenied, Unauthenticated, Unavailable
+
+TIMEOUT_SECONDS = 5.0
+
+T = TypeVar("T")
+
+
+class Devices:
+    """The device registry over its gRPC contract."""
+
+    def __init__(self, address: str, cache_seconds: float) -> None:
+        self._channel = grpc.aio.insecure_channel(address)
+        self.stub = devices_pb2_grpc.DeviceServiceStub(self._channel)
+        self.cache_seconds = cache_seconds
+        self._meters: dict[tuple[str, str, str], tuple[devices_pb2.Meter, float]] = {}
+
+    @staticmethod
+    def metadata(authorization: str) -> list[tuple[str, str]]:
+        metadata = [("authorization", authorization)] if authorization else []
+        trace = current_trace.get()
+        if trace is not None:
+            metadata.append(("traceparent", trace.traceparent))
+        return metadata
+
+    async def call(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        try:
+            return await call()
+        except grpc.aio.AioRpcError as error:
+            code = error.code()
+            if code == grpc.StatusCode.UNAUTHENTICATED:
+                raise Unauthenticated(error.details() or "not authenticated") from None
+            if code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
+                raise NotFound(f"{what} not found", metadata={"resource": "meter"}) from None
+            if code == grpc.StatusCode.PERMISSION_DENIED:
+                raise PermissionDenied(error.details() or "permission denied") from None
+            raise Unavailable(f"the device registry is unavailable ({code.name}); retry") from None
+
+    async def visible_meter(
+        self, caller: Caller, authorization: str, meter_id: str
+    ) -> devices_pb2.Meter:
+        """The meter as the caller may see it (GetMeter on their behalf), else NotFound."""
+        key = (caller.user_id, caller.role.value, meter_id)
+        cached = self._meters.get(key)
+        if cached is not None and time.monotonic() - cached[1] < self.cache_seconds:
+            return cached[0]
+        meter = await self.call(
+            f"meter {meter_id!r}",
+            lambda: self.stub.GetMeter(
+                devices_pb2.GetMeterRequest(meter_id=meter_id),
+                metadata=self.metadata(authorization),
+                timeout=TIMEOUT_SECONDS,
+            ),
+        )
+        if meter.organization_id != caller.organization_id:
+            raise NotFound(f"meter {meter_id!r} not found", metadata={"resource": "meter"})
+        if len(self._meters) > 100_000:
+            self._meters.clear()
+        self._meters[key] = (meter, time.monotonic())
+        return meter
+
+    async def close(self) -> None:
+        await self._channel.close()

@@ -1,0 +1,30 @@
+"""Events the analytics service consumes (it publishes none yet).
+
+Consumed with durable JetStream consumers (shared by every replica, explicit acks):
+
+- telemetry.readings.committed (stream TELEMETRY), one per meter per group commit of the
+  telemetry service, proto3 JSON of energymesh.telemetry.v1.ReadingsCommitted:
+  {"organizationId", "meterId", "firstTime", "lastTime", "count", "batchIds"}. The buckets
+  the new readings affect are recomputed.
+- devices.> (stream DEVICES): devices.meter.{created,updated,decommissioned} and
+  devices.site.{created,updated} keep the local copy of what the rollups need to know about a
+  meter (register, unit, multiplier, rollover, cadence) and its site (time zone).
+"""
+
+from __future__ import annotations
+
+from services.kernel.messaging import Stream
+
+READINGS_COMMITTED = "telemetry.readings.committed"
+DEVICE_EVENTS = "devices.>"
+METER_CREATED = "devices.meter.created"
+METER_UPDATED = "devices.meter.updated"
+METER_DECOMMISSIONED = "devices.meter.decommissioned"
+SITE_CREATED = "devices.site.created"
+SITE_UPDATED = "devices.site.updated"
+
+# The same declarations as the services that own them (services/telemetry/events.py,
+# services/devices/events.py): declaring a stream is idempotent only when every service
+# declares it identically, so keep them in step.
+TELEMETRY_STREAM = Stream("TELEMETRY", ("telemetry.>",))
+DEVICES_STREAM = Stream("DEVICES", ("devices.>",))
