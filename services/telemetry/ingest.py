@@ -101,7 +101,7 @@ PARALLEL_MIN_READINGS = 10_000
 # Groups smaller than that start at most this often: a stream of one-reading messages is
 # committed in groups of many messages (each transaction, outbox event and fsync costs as
 # much as thousands of readings); acks still follow the commits.
-SMALL_GROUP_INTERVAL_SECONDS = 0.01
+SMALL_GROUP_INTERVAL_SECONDS = 0.05
 # After a direct COPY met stored keys, this many groups go through staging straight away.
 DIRECT_BACKOFF_GROUPS = 4
 STAGING_ROW = np.dtype(
