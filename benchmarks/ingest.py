@@ -287,12 +287,15 @@ async def bench(args: argparse.Namespace) -> None:
         await end_to_end(direct, key, meter_ids[:10], 1000, first_start - 400 * day, "warm")
         copy_rate = await raw_copy(mesh.database_url, total, first_start)
         profiler = Profiler(args.profile, mesh.process("telemetry").pid)
+        phase_rss = {"warm-up": peak_rss(profiler.pid)}
         database_url = mesh.database_url
 
         async def load(name: str, target: str, start: int, run: str) -> tuple[float, int]:
             await wait_quiet(database_url)
             async with profiler.phase(name):
-                return await end_to_end(target, key, meter_ids, readings, start, run)
+                result = await end_to_end(target, key, meter_ids, readings, start, run)
+            phase_rss[name] = peak_rss(profiler.pid)
+            return result
 
         e2e_rate, accepted = await load("first", direct, first_start, "a")
         after_first = await stored_count(database_url, meter_ids)
@@ -356,6 +359,10 @@ async def bench(args: argparse.Namespace) -> None:
     print(
         f"ingest process peak RSS: {rss / 2**20:.0f} MiB with {meters} concurrent streams "
         "(target < 300 MiB)"
+    )
+    print(
+        "ingest peak RSS after each phase: "
+        + ", ".join(f"{name} {value / 2**20:.0f} MiB" for name, value in phase_rss.items())
     )
     print(f"cores: {os.cpu_count()}; client, service, PostgreSQL and Envoy share them")
 
