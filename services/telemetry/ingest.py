@@ -94,6 +94,7 @@ COPY_STAGING = (
     "COPY telemetry_ingest_staging (meter_id, time, value, seq) FROM STDIN (FORMAT BINARY)"
 )
 COMMITTERS = 2
+COPY_CHUNK_BYTES = 128 * 1024
 # A second commit starts while one is in flight only for at least this many queued readings:
 # small batches (one reading per message) then gather into one group while the first commit
 # runs, instead of paying a transaction each.
@@ -672,7 +673,7 @@ class GroupCommitWriter:
             await cursor.execute("SAVEPOINT ingest_direct")
             try:
                 async with cursor.copy(COPY_READINGS) as copy:
-                    await copy.write(COPY_HEADER + rows.tobytes() + COPY_TRAILER)
+                    await write_binary_copy(copy, rows)
             except psycopg.errors.UniqueViolation:
                 await cursor.execute("ROLLBACK TO SAVEPOINT ingest_direct")
                 # Back in the top-level transaction, whose xid STORED_BEFORE compares with.
@@ -695,7 +696,7 @@ class GroupCommitWriter:
         rows["value"] = values
         rows["seq"] = seqs
         async with cursor.copy(COPY_STAGING) as copy:
-            await copy.write(COPY_HEADER + rows.tobytes() + COPY_TRAILER)
+            await write_binary_copy(copy, rows)
         await cursor.execute(INSERT_STAGED)
         inserted_row = await cursor.fetchone()
         inserted = int(inserted_row[0]) if inserted_row else 0  # type: ignore[index]
@@ -793,6 +794,16 @@ class GroupCommitWriter:
             )
         # The kernel's Outbox.add, for many events in one round trip.
         await session.execute(OUTBOX.insert(), rows)
+
+
+async def write_binary_copy(copy: psycopg.AsyncCopy, rows: npt.NDArray[np.void]) -> None:
+    """Sends rows (a READING_ROW / STAGING_ROW array) as binary COPY data in slices of the
+    array itself: no bytes copy of the whole group is made (psycopg queues what it is given)."""
+    await copy.write(COPY_HEADER)
+    data = rows.view(np.uint8).data
+    for offset in range(0, len(data), COPY_CHUNK_BYTES):
+        await copy.write(data[offset : offset + COPY_CHUNK_BYTES])
+    await copy.write(COPY_TRAILER)
 
 
 def _copy_text(value: object) -> str:
