@@ -139,6 +139,7 @@ STORED_BEFORE = """
     JOIN telemetry.readings r ON r.meter_id = s.meter_id AND r.time = s.time
     WHERE r.xmin <> pg_current_xact_id()::xid
 """
+COPY_STORED_BEFORE = f"COPY ({STORED_BEFORE}) TO STDOUT (FORMAT BINARY)"
 BATCHES_DONE = """
     SELECT b.meter_id::text, b.batch_id, b.result
     FROM telemetry.batches b
@@ -701,17 +702,20 @@ class GroupCommitWriter:
         inserted_row = await cursor.fetchone()
         inserted = int(inserted_row[0]) if inserted_row else 0  # type: ignore[index]
         if inserted < len(seqs):
-            await cursor.execute(STORED_BEFORE)
-            found: list[Any] = await cursor.fetchall()
+            # Binary COPY, decoded with numpy: a replayed group is up to max_group_readings
+            # rows, which as Python tuples would cost far more memory and time.
+            chunks: list[bytes] = []
+            async with cursor.copy(COPY_STORED_BEFORE) as copy:
+                async for chunk in copy:
+                    chunks.append(bytes(chunk))
+            found = stored_before_rows(b"".join(chunks))
             if inserted + len(found) != len(seqs):
                 # Another transaction inserted some keys while we waited on them.
                 raise RetryGroup(f"{len(seqs) - inserted - len(found)} keys in flux")
-            if found:
-                positions = np.fromiter((row[0] for row in found), np.int64, len(found))
+            if len(found):
+                positions = found["seq"].astype(np.int64)
                 existed[positions] = True
-                stored_value[positions] = np.fromiter(
-                    (row[1] for row in found), np.float64, len(found)
-                )
+                stored_value[positions] = found["value"].astype(np.float64)
         return existed, stored_value
 
     async def _record_batches(
@@ -794,6 +798,32 @@ class GroupCommitWriter:
             )
         # The kernel's Outbox.add, for many events in one round trip.
         await session.execute(OUTBOX.insert(), rows)
+
+
+STORED_ROW = np.dtype(
+    [
+        ("fields", ">i2"),
+        ("seq_len", ">i4"),
+        ("seq", ">i4"),
+        ("value_len", ">i4"),
+        ("value", ">f8"),
+    ]
+)
+COPY_HEADER_BYTES = len(COPY_HEADER)
+
+
+def stored_before_rows(data: bytes) -> npt.NDArray[np.void]:
+    """The rows of `COPY (STORED_BEFORE) TO STDOUT (FORMAT BINARY)`: (seq int4, value
+    float8), neither ever NULL."""
+    if not data:
+        return np.empty(0, dtype=STORED_ROW)
+    if not data.startswith(COPY_HEADER[:11]):
+        raise ValueError("not PostgreSQL binary COPY data")
+    extension = int.from_bytes(data[15:19], "big")
+    body = data[COPY_HEADER_BYTES + extension : len(data) - len(COPY_TRAILER)]
+    if data[len(data) - len(COPY_TRAILER) :] != COPY_TRAILER or len(body) % STORED_ROW.itemsize:
+        raise ValueError("unexpected binary COPY layout")
+    return np.frombuffer(body, dtype=STORED_ROW)
 
 
 async def write_binary_copy(copy: psycopg.AsyncCopy, rows: npt.NDArray[np.void]) -> None:
