@@ -50,7 +50,7 @@ class TelemetryConfig(KernelConfig):
             backfill_horizon_days=env.integer("TELEMETRY_BACKFILL_HORIZON_DAYS", 3650),
             buffer_limit_bytes=env.integer("TELEMETRY_BUFFER_LIMIT_BYTES", 32 * MIB),
             stream_buffer_limit_bytes=env.integer("TELEMETRY_STREAM_BUFFER_LIMIT_BYTES", 1 * MIB),
-            max_group_readings=env.integer("TELEMETRY_MAX_GROUP_READINGS", 200_000),
+            max_group_readings=env.integer("TELEMETRY_MAX_GROUP_READINGS", 50_000),
             credential_cache_seconds=env.number("TELEMETRY_CREDENTIAL_CACHE_SECONDS", 10.0),
             partitions_ahead_months=env.integer("TELEMETRY_PARTITIONS_AHEAD_MONTHS", 3),
             import_max_bytes=env.integer("TELEMETRY_IMPORT_MAX_BYTES", 4 * MIB),
