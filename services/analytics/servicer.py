@@ -7,13 +7,11 @@ lands)."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from typing import Any
 
 import grpc
 from google.api import httpbody_pb2
 from google.protobuf import empty_pb2, timestamp_pb2
-from google.protobuf.message import Message
 
 from energymesh.analytics.v1 import analytics_pb2, analytics_pb2_grpc
 from services.analytics.domain import Analytics, Series
@@ -21,6 +19,7 @@ from services.analytics.rollups import Granularity
 from services.kernel.errors import DomainError
 from services.kernel.interceptors import caller
 from services.kernel.permissions import Permission
+from services.kernel.protos import timestamp_or_none
 
 SERVICE = "energymesh.analytics.v1.AnalyticsService"
 
@@ -73,13 +72,6 @@ class Unimplemented(DomainError):
 def authorization(context: Any) -> str:
     metadata = {key: str(value) for key, value in context.invocation_metadata() or ()}
     return metadata.get("authorization", "")
-
-
-def timestamp_or_none(message: Message, name: str) -> datetime | None:
-    if not message.HasField(name):
-        return None
-    value: datetime = getattr(message, name).ToDatetime(tzinfo=UTC)
-    return value
 
 
 def timestamp(ms: int) -> timestamp_pb2.Timestamp:

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from google.protobuf import json_format, timestamp_pb2
+from google.protobuf import json_format
 from nats.aio.msg import Msg
 
 from energymesh.auth.v1 import auth_pb2, events_pb2
 from services.auth.models import AuditEvent, User
 from services.kernel.messaging import PoisonMessage, Stream
+from services.kernel.protos import timestamp
 
 PASSWORD_RESET_REQUESTED = "auth.password_reset.requested"
 EMAIL_VERIFICATION_REQUESTED = "auth.email_verification.requested"
@@ -22,12 +23,6 @@ EMAIL_VERIFICATION_REQUESTED = "auth.email_verification.requested"
 # notification service's need for them.
 AUTH_STREAM = Stream("AUTH", ("auth.>",), max_age_seconds=86400)
 AUDIT_STREAM = Stream("AUDIT", ("audit.>",), max_age_seconds=30 * 86400)
-
-
-def timestamp(moment: datetime) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(moment)
-    return stamp
 
 
 def password_reset_requested(

@@ -10,13 +10,13 @@ from google.protobuf.message import Message
 
 from energymesh.auth.v1 import auth_pb2, auth_pb2_grpc
 from services.auth.domain import AuthDomain, Session, UserChanges
-from services.auth.events import timestamp
 from services.auth.models import AuditEvent, User
 from services.kernel.context import Role
 from services.kernel.errors import InvalidArgument
 from services.kernel.interceptors import caller
 from services.kernel.pagination import decode_token, encode_token, page_size
 from services.kernel.permissions import Permission
+from services.kernel.protos import timestamp
 
 SERVICE = "energymesh.auth.v1.AuthService"
 

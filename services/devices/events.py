@@ -37,10 +37,10 @@ from services.devices.resources import (
     optional_timestamp,
     proto_value,
     site_to_proto,
-    timestamp,
 )
 from services.devices.validation import Connectivity
 from services.kernel.messaging import Stream
+from services.kernel.protos import timestamp
 
 SITE_CREATED = "devices.site.created"
 SITE_UPDATED = "devices.site.updated"

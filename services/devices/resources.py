@@ -18,6 +18,7 @@ from services.devices.validation import (
     RegisterType,
     connectivity_of,
 )
+from services.kernel.protos import timestamp
 
 COMMODITIES: dict[int, Commodity] = {
     devices_pb2.COMMODITY_ELECTRICITY: Commodity.ELECTRICITY,
@@ -48,12 +49,6 @@ CONNECTIVITIES: dict[int, Connectivity] = {
 def proto_value(table: dict[int, str], value: str) -> int:
     """The proto enum number of a stored word."""
     return next(number for number, word in table.items() if word == value)
-
-
-def timestamp(moment: datetime) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(moment)
-    return stamp
 
 
 def optional_timestamp(moment: datetime | None) -> timestamp_pb2.Timestamp | None:

@@ -41,6 +41,7 @@ from services.kernel.errors import InvalidArgument, Unauthenticated, Violations
 from services.kernel.interceptors import caller
 from services.kernel.pagination import decode_token, encode_token, page_size
 from services.kernel.permissions import Permission
+from services.kernel.protos import timestamp_or_none
 
 SERVICE = "energymesh.devices.v1.DeviceService"
 
@@ -234,13 +235,6 @@ def sort_value(resource: Any, key: str) -> Any:
 def authorization(context: Any) -> str:
     metadata = {key: str(value) for key, value in context.invocation_metadata() or ()}
     return metadata.get("authorization", "")
-
-
-def timestamp_or_none(message: Message, name: str) -> datetime | None:
-    if not message.HasField(name):
-        return None
-    value: datetime = getattr(message, name).ToDatetime(tzinfo=UTC)
-    return value
 
 
 def import_action(action: ImportAction) -> devices_pb2.ImportMeterResult.Action.ValueType:

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-
-from google.protobuf.message import Message
 
 from energymesh.telemetry.v1 import telemetry_pb2, telemetry_pb2_grpc
 from services.kernel.interceptors import caller
 from services.kernel.permissions import Permission
+from services.kernel.protos import timestamp_or_none
 from services.telemetry.domain import Telemetry
 
 SERVICE = "energymesh.telemetry.v1.TelemetryService"
@@ -39,13 +37,6 @@ ACCESS: dict[str, Permission] = {
 def authorization(context: Any) -> str:
     metadata = {key: str(value) for key, value in context.invocation_metadata() or ()}
     return metadata.get("authorization", "")
-
-
-def timestamp_or_none(message: Message, name: str) -> datetime | None:
-    if not message.HasField(name):
-        return None
-    value: datetime = getattr(message, name).ToDatetime(tzinfo=UTC)
-    return value
 
 
 def memory_bytes() -> tuple[int, int]:
