@@ -18,7 +18,6 @@ from nats.aio.msg import Msg
 from energymesh.devices.v1 import devices_pb2
 from energymesh.telemetry.v1 import events_pb2 as telemetry_events_pb2
 from services.analytics import repository
-from services.analytics.access import Devices
 from services.analytics.events import (
     METER_CREATED,
     METER_DECOMMISSIONED,
@@ -45,6 +44,7 @@ from services.kernel.context import Caller
 from services.kernel.database import Database
 from services.kernel.errors import FailedPrecondition, Unavailable, Violations
 from services.kernel.messaging import PoisonMessage
+from services.kernel.registry import DeviceRegistry
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ class Series:
 
 
 class Analytics:
-    def __init__(self, database: Database, devices: Devices) -> None:
+    def __init__(self, database: Database, devices: DeviceRegistry) -> None:
         self.database = database
         self.devices = devices
 

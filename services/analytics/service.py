@@ -9,7 +9,6 @@ from nats.aio.msg import Msg
 
 from energymesh.analytics.v1 import analytics_pb2_grpc
 from services.analytics import SERVICE_INFO
-from services.analytics.access import Devices
 from services.analytics.config import AnalyticsConfig
 from services.analytics.domain import Analytics
 from services.analytics.events import (
@@ -20,13 +19,14 @@ from services.analytics.events import (
 )
 from services.analytics.servicer import ACCESS, AnalyticsServicer
 from services.kernel.messaging import Consumer, run_consumer
+from services.kernel.registry import DeviceRegistry
 from services.kernel.server import Kernel, Registration, ServiceDefinition
 
 
 async def setup(kernel: Kernel) -> Registration:
     config = kernel.config
     assert isinstance(config, AnalyticsConfig)
-    devices = Devices(config.devices_address, config.meter_cache_seconds)
+    devices = DeviceRegistry(config.devices_address, config.meter_cache_seconds)
     domain = Analytics(kernel.database, devices)
 
     async def apply_readings(message: Msg) -> None:

@@ -18,36 +18,28 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
 
-import grpc
-
-from energymesh.devices.v1 import devices_pb2, devices_pb2_grpc
-from services.kernel.context import Caller, current_trace
+from energymesh.devices.v1 import devices_pb2
+from services.kernel.context import Caller
 from services.kernel.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
-    PermissionDenied,
     Unauthenticated,
-    Unavailable,
 )
 from services.kernel.permissions import Permission, require
+from services.kernel.registry import TIMEOUT_SECONDS, DeviceRegistry
 from services.kernel.tokens import TokenVerifier
 from services.telemetry.ingest import MeterRules
 
 log = logging.getLogger(__name__)
 
-TIMEOUT_SECONDS = 5.0
 METER_TOKEN = devices_pb2.AuthenticateCredentialResponse.KIND_METER_TOKEN
 DECOMMISSIONED = devices_pb2.METER_STATE_DECOMMISSIONED
 # An ingest key's meter list is refreshed at most this often when a batch names a meter
 # outside it (a meter created after the stream opened).
 REFRESH_SECONDS = 2.0
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -91,40 +83,6 @@ def bearer(authorization: str) -> str:
 class _Cached:
     value: devices_pb2.AuthenticateCredentialResponse
     fetched: float
-
-
-class Devices:
-    """The device registry over its gRPC contract."""
-
-    def __init__(self, address: str) -> None:
-        self._channel = grpc.aio.insecure_channel(address)
-        self.stub = devices_pb2_grpc.DeviceServiceStub(self._channel)
-
-    @staticmethod
-    def metadata(authorization: str | None = None) -> list[tuple[str, str]]:
-        metadata = []
-        if authorization:
-            metadata.append(("authorization", authorization))
-        trace = current_trace.get()
-        if trace is not None:
-            metadata.append(("traceparent", trace.traceparent))
-        return metadata
-
-    async def call(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
-        try:
-            return await call()
-        except grpc.aio.AioRpcError as error:
-            code = error.code()
-            if code == grpc.StatusCode.UNAUTHENTICATED:
-                raise Unauthenticated(error.details() or "not authenticated") from None
-            if code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
-                raise NotFound(f"{what} not found", metadata={"resource": "meter"}) from None
-            if code == grpc.StatusCode.PERMISSION_DENIED:
-                raise PermissionDenied(error.details() or "permission denied") from None
-            raise Unavailable(f"the device registry is unavailable ({code.name}); retry") from None
-
-    async def close(self) -> None:
-        await self._channel.close()
 
 
 class WriteCaller:
@@ -225,7 +183,7 @@ class UserWriter(WriteCaller):
 class Access:
     def __init__(
         self,
-        devices: Devices,
+        devices: DeviceRegistry,
         verifier: TokenVerifier,
         catalog: MeterCatalog,
         cache_seconds: float,
@@ -237,7 +195,6 @@ class Access:
         # Credential ids revoked since this process started (from devices.credential.revoked).
         self.revoked: set[str] = set()
         self._credentials: dict[str, _Cached] = {}
-        self._meters: dict[tuple[str, str, str], tuple[devices_pb2.Meter, float]] = {}
         self._inflight: dict[str, asyncio.Future[devices_pb2.AuthenticateCredentialResponse]] = {}
 
     def revoke(self, credential_id: str) -> None:
@@ -247,8 +204,7 @@ class Access:
                 del self._credentials[key]
 
     def meter_changed(self, meter_id: str) -> None:
-        for key in [key for key in self._meters if key[2] == meter_id]:
-            del self._meters[key]
+        self.devices.forget_meter(meter_id)
 
     async def writer(self, authorization: str) -> WriteCaller:
         token = bearer(authorization)
@@ -299,24 +255,8 @@ class Access:
     async def visible_meter(
         self, caller: Caller, authorization: str, meter_id: str
     ) -> devices_pb2.Meter:
-        """The meter as the caller may see it (GetMeter on their behalf), else NotFound."""
-        key = (caller.user_id, caller.role.value, meter_id)
-        cached = self._meters.get(key)
-        if cached is not None and time.monotonic() - cached[1] < self.cache_seconds:
-            return cached[0]
-        meter = await self.devices.call(
-            f"meter {meter_id!r}",
-            lambda: self.devices.stub.GetMeter(
-                devices_pb2.GetMeterRequest(meter_id=meter_id),
-                metadata=self.devices.metadata(authorization),
-                timeout=TIMEOUT_SECONDS,
-            ),
-        )
-        if meter.organization_id != caller.organization_id:
-            raise NotFound(f"meter {meter_id!r} not found", metadata={"resource": "meter"})
-        if len(self._meters) > 100_000:
-            self._meters.clear()
-        self._meters[key] = (meter, time.monotonic())
+        """The meter as the caller may see it, remembered for the ingest checks."""
+        meter = await self.devices.visible_meter(caller, authorization, meter_id)
         self.catalog.put(meter.meter_id, rules_of(meter))
         return meter
 

@@ -13,10 +13,11 @@ from nats.js.api import DeliverPolicy
 
 from energymesh.telemetry.v1 import telemetry_pb2_grpc
 from services.kernel.outbox import Outbox
+from services.kernel.registry import DeviceRegistry
 from services.kernel.server import Kernel, Registration, ServiceDefinition, grpc_jwks
 from services.kernel.tokens import KeySet, TokenVerifier
 from services.telemetry import SERVICE_INFO
-from services.telemetry.access import Access, Devices, MeterCatalog
+from services.telemetry.access import Access, MeterCatalog
 from services.telemetry.config import TelemetryConfig
 from services.telemetry.domain import Telemetry
 from services.telemetry.events import (
@@ -48,7 +49,7 @@ async def setup(kernel: Kernel) -> Registration:
     writer = GroupCommitWriter(
         kernel.database, outbox, partitions, buffer, config.max_group_readings
     )
-    devices = Devices(config.devices_address)
+    devices = DeviceRegistry(config.devices_address, config.credential_cache_seconds)
     verifier = TokenVerifier(
         KeySet(grpc_jwks(config.auth_address)),
         issuer=config.jwt_issuer,

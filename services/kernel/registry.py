@@ -1,10 +1,8 @@
-"""Who may read which meter: the device registry decides.
+"""The device registry as other services see it: its gRPC contract, called on a user's behalf.
 
-Every query looks its meter up with DeviceService.GetMeter on the caller's behalf (forwarding
-their `authorization` metadata), so another organization's meter, or a meter a viewer is not
-assigned to, is NOT_FOUND here exactly as in the registry. Answers are cached briefly per user
-and meter.
-"""
+Meter lookups forward the caller's `authorization` metadata to DeviceService.GetMeter, so
+another organization's meter, or a meter a viewer is not assigned to, is NOT_FOUND exactly as
+in the registry. Answers are cached briefly per user and meter."""
 
 from __future__ import annotations
 
@@ -19,13 +17,12 @@ from services.kernel.context import Caller, current_trace
 from services.kernel.errors import NotFound, PermissionDenied, Unauthenticated, Unavailable
 
 TIMEOUT_SECONDS = 5.0
+MAX_CACHED_METERS = 100_000
 
 T = TypeVar("T")
 
 
-class Devices:
-    """The device registry over its gRPC contract."""
-
+class DeviceRegistry:
     def __init__(self, address: str, cache_seconds: float) -> None:
         self._channel = grpc.aio.insecure_channel(address)
         self.stub = devices_pb2_grpc.DeviceServiceStub(self._channel)
@@ -33,7 +30,8 @@ class Devices:
         self._meters: dict[tuple[str, str, str], tuple[devices_pb2.Meter, float]] = {}
 
     @staticmethod
-    def metadata(authorization: str) -> list[tuple[str, str]]:
+    def metadata(authorization: str | None = None) -> list[tuple[str, str]]:
+        """The caller's credential (if any) and the current trace, for a registry call."""
         metadata = [("authorization", authorization)] if authorization else []
         trace = current_trace.get()
         if trace is not None:
@@ -41,6 +39,7 @@ class Devices:
         return metadata
 
     async def call(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        """Runs a registry call, turning its failures into this service's domain errors."""
         try:
             return await call()
         except grpc.aio.AioRpcError as error:
@@ -71,10 +70,15 @@ class Devices:
         )
         if meter.organization_id != caller.organization_id:
             raise NotFound(f"meter {meter_id!r} not found", metadata={"resource": "meter"})
-        if len(self._meters) > 100_000:
+        if len(self._meters) > MAX_CACHED_METERS:
             self._meters.clear()
         self._meters[key] = (meter, time.monotonic())
         return meter
+
+    def forget_meter(self, meter_id: str) -> None:
+        """Drops cached lookups of a meter that changed (reassigned, decommissioned ...)."""
+        for key in [key for key in self._meters if key[2] == meter_id]:
+            del self._meters[key]
 
     async def close(self) -> None:
         await self._channel.close()
