@@ -116,28 +116,6 @@ async def publish_readings(
     )
 
 
-async def find_event(
-    nats_client: Client,
-    subject: str,
-    predicate: Callable[[dict[str, Any]], bool],
-    wait_seconds: float = 15,
-) -> dict[str, Any]:
-    """The first event on a JetStream subject (from the stream's start) matching predicate."""
-    js = nats_client.jetstream()
-    subscription = await js.subscribe(
-        subject, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
-    )
-    try:
-        async with asyncio.timeout(wait_seconds):
-            while True:
-                message = await subscription.next_msg(timeout=wait_seconds)
-                payload: dict[str, Any] = json.loads(message.data)
-                if predicate(payload):
-                    return payload
-    finally:
-        await subscription.unsubscribe()
-
-
 async def events_on(
     nats_client: Client, subject: str, predicate: Callable[[dict[str, Any]], bool]
 ) -> list[dict[str, Any]]:

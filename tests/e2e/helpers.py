@@ -108,10 +108,13 @@ def error_reason(response: httpx.Response) -> str:
     return ""
 
 
-async def next_event(
-    nats_client: Client, subject: str, match: dict[str, Any], wait_seconds: float = 15
+async def find_event(
+    nats_client: Client,
+    subject: str,
+    predicate: Callable[[dict[str, Any]], bool],
+    wait_seconds: float = 15,
 ) -> dict[str, Any]:
-    """The first event on a JetStream subject whose JSON payload contains `match`."""
+    """The first event on a JetStream subject (from the stream's start) matching predicate."""
     js = nats_client.jetstream()
     subscription = await js.subscribe(
         subject, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
@@ -121,10 +124,21 @@ async def next_event(
             while True:
                 message = await subscription.next_msg(timeout=wait_seconds)
                 payload: dict[str, Any] = json.loads(message.data)
-                if all(payload.get(key) == value for key, value in match.items()):
+                if predicate(payload):
                     return payload
     finally:
         await subscription.unsubscribe()
+
+
+async def next_event(
+    nats_client: Client, subject: str, match: dict[str, Any], wait_seconds: float = 15
+) -> dict[str, Any]:
+    """The first event on a JetStream subject whose JSON payload contains `match`."""
+
+    def matches(payload: dict[str, Any]) -> bool:
+        return all(payload.get(key) == value for key, value in match.items())
+
+    return await find_event(nats_client, subject, matches, wait_seconds)
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], wait_seconds: float = 20) -> None:

@@ -19,11 +19,10 @@ from tests.e2e.device_steps import (
     create_meter,
     create_site,
     events_on,
-    find_event,
     publish_readings,
     rfc3339,
 )
-from tests.e2e.helpers import Account, eventually, register
+from tests.e2e.helpers import Account, eventually, find_event, register
 
 
 async def get_meter(http: httpx.AsyncClient, admin: Account, meter_id: str) -> dict[str, Any]:

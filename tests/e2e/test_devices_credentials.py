@@ -17,10 +17,9 @@ from tests.e2e.device_steps import (
     create_meter,
     create_site,
     create_token,
-    find_event,
     rfc3339,
 )
-from tests.e2e.helpers import eventually, register
+from tests.e2e.helpers import eventually, find_event, register
 
 KIND = devices_pb2.AuthenticateCredentialResponse
 

@@ -11,8 +11,7 @@ from google.api import httpbody_pb2
 from nats.aio.client import Client
 
 from energymesh.devices.v1 import devices_pb2, devices_pb2_grpc
-from tests.e2e.device_steps import find_event
-from tests.e2e.helpers import add_user, eventually, register
+from tests.e2e.helpers import add_user, eventually, find_event, register
 
 
 def csv_file(count: int) -> bytes:

@@ -19,8 +19,7 @@ from nats.aio.client import Client
 
 from energymesh.telemetry.v1 import telemetry_pb2
 from services.launcher.mesh import Mesh
-from tests.e2e.device_steps import find_event
-from tests.e2e.helpers import add_user, violations
+from tests.e2e.helpers import add_user, find_event, violations
 from tests.e2e.telemetry_steps import (
     MINUTE_MS,
     batch,

@@ -16,7 +16,7 @@ import pytest
 from energymesh.telemetry.v1 import telemetry_pb2
 from services.launcher.mesh import Mesh
 from services.telemetry.client import ReadingStream, RetryPolicy
-from tests.e2e.device_steps import find_event
+from tests.e2e.helpers import find_event
 from tests.e2e.telemetry_steps import (
     MINUTE_MS,
     batch,
