@@ -3,24 +3,31 @@
 rollups holds one row per meter, granularity (QUARTER_HOUR, HOUR, DAY) and bucket, the
 buckets counted in the site's time zone (services/analytics/rollups.py). meters and sites are
 the local copy of what the rollups need from the device registry (its devices.* events).
+tariffs, tariff_assignments and emission_factors price the rollups (services/analytics/
+pricing.py).
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 
+from typing import Any
+
 from sqlalchemy import (
     BigInteger,
     DateTime,
     Float,
+    ForeignKey,
     Index,
     Integer,
     MetaData,
     PrimaryKeyConstraint,
     SmallInteger,
     String,
+    UniqueConstraint,
     Uuid,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from services.kernel.outbox import outbox_table
@@ -64,6 +71,10 @@ class Rollup(Base):
     peak_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     # FLAG_RESET | FLAG_ROLLOVER.
     flags: Mapped[int] = mapped_column(SmallInteger)
+    # Priced per quarter hour (hours and days: the sums); None without a tariff or factor.
+    cost: Mapped[float | None] = mapped_column(Float(precision=53))
+    co2_kg: Mapped[float | None] = mapped_column(Float(precision=53))
+    currency: Mapped[str | None] = mapped_column(String(3))
 
 
 class MeterInfo(Base):
@@ -94,6 +105,70 @@ class SiteInfo(Base):
     organization_id: Mapped[str] = mapped_column(String(36))
     time_zone: Mapped[str] = mapped_column(String(64))
     update_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Tariff(Base):
+    """A tariff and its versions (proto3 JSON of energymesh.analytics.v1.TariffVersion each,
+    ordered by effective_from)."""
+
+    __tablename__ = "tariffs"
+    __table_args__ = (Index("tariffs_by_name", "organization_id", "name", "id"),)
+
+    id: Mapped[str] = mapped_column(Uuid(as_uuid=False), primary_key=True)
+    organization_id: Mapped[str] = mapped_column(String(36))
+    name: Mapped[str] = mapped_column(String(200))
+    currency_code: Mapped[str] = mapped_column(String(3))
+    versions: Mapped[list[dict[str, Any]]] = mapped_column(JSONB)
+    # Incremented by every update (the etag).
+    version: Mapped[int] = mapped_column(Integer)
+    create_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    update_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class TariffAssignment(Base):
+    """The tariff pricing a site's meters of one commodity and direction."""
+
+    __tablename__ = "tariff_assignments"
+    __table_args__ = (
+        UniqueConstraint(
+            "site_id", "commodity", "direction", name="tariff_assignments_one_per_meter_kind"
+        ),
+        Index("tariff_assignments_by_tariff", "tariff_id"),
+    )
+
+    id: Mapped[str] = mapped_column(Uuid(as_uuid=False), primary_key=True)
+    organization_id: Mapped[str] = mapped_column(String(36))
+    site_id: Mapped[str] = mapped_column(Uuid(as_uuid=False))
+    tariff_id: Mapped[str] = mapped_column(
+        Uuid(as_uuid=False), ForeignKey("tariffs.id", ondelete="CASCADE")
+    )
+    # devices.v1.Commodity / FlowDirection numbers (direction IMPORT or EXPORT).
+    commodity: Mapped[int] = mapped_column(SmallInteger)
+    direction: Mapped[int] = mapped_column(SmallInteger)
+    create_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class EmissionFactor(Base):
+    """kg CO2e per canonical unit of a commodity over [effective_from, effective_to)."""
+
+    __tablename__ = "emission_factors"
+    __table_args__ = (
+        Index(
+            "emission_factors_by_commodity",
+            "organization_id",
+            "commodity",
+            "effective_from",
+            "id",
+        ),
+    )
+
+    id: Mapped[str] = mapped_column(Uuid(as_uuid=False), primary_key=True)
+    organization_id: Mapped[str] = mapped_column(String(36))
+    commodity: Mapped[int] = mapped_column(SmallInteger)
+    kg_per_unit: Mapped[float] = mapped_column(Float(precision=53))
+    effective_from: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    effective_to: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    create_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 OUTBOX = outbox_table(Base.metadata)

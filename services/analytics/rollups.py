@@ -172,6 +172,8 @@ class Bucket:
     their expected cadence. readings: readings timed inside the bucket. resets / rollovers:
     counter resets and wraps revealed by a reading inside the bucket. peak_demand: the highest
     quarter-hour average rate (kW or m3/h) and peak_time_ms the start of that quarter hour.
+    cost / co2_kg: the priced amounts (services/analytics/pricing.py), None where unpriced;
+    coarser buckets sum the known ones.
     """
 
     start_ms: int
@@ -183,6 +185,8 @@ class Bucket:
     rollovers: int
     peak_demand: float
     peak_time_ms: int
+    cost: float | None = None
+    co2_kg: float | None = None
 
     @property
     def completeness(self) -> float:
@@ -531,9 +535,17 @@ def aggregate(
                 rollovers=sum(q.rollovers for q in members),
                 peak_demand=peak.peak_demand,
                 peak_time_ms=peak.peak_time_ms,
+                cost=known_sum(q.cost for q in members),
+                co2_kg=known_sum(q.co2_kg for q in members),
             )
         )
     return result
+
+
+def known_sum(amounts: Iterable[float | None]) -> float | None:
+    """The sum of the known amounts; None when none is known (nothing was priced)."""
+    known = [amount for amount in amounts if amount is not None]
+    return math.fsum(known) if known else None
 
 
 def net(imported: Sequence[Bucket], exported: Sequence[Bucket]) -> list[tuple[int, int, float]]:
