@@ -17,7 +17,7 @@ from nats.aio.msg import Msg
 
 from energymesh.devices.v1 import devices_pb2
 from energymesh.telemetry.v1 import events_pb2 as telemetry_events_pb2
-from services.analytics import repository
+from services.analytics import pricing, repository
 from services.analytics.events import (
     METER_CREATED,
     METER_DECOMMISSIONED,
@@ -101,7 +101,11 @@ def spec_of(meter: MeterInfo, time_zone: str) -> MeterSpec:
 
 
 def rollup_row(
-    meter: MeterInfo, granularity: Granularity, bucket: Bucket, unit: str
+    meter: MeterInfo,
+    granularity: Granularity,
+    bucket: Bucket,
+    unit: str,
+    currency: str | None = None,
 ) -> dict[str, Any]:
     flags = (FLAG_RESET if bucket.resets else 0) | (FLAG_ROLLOVER if bucket.rollovers else 0)
     return {
@@ -120,6 +124,9 @@ def rollup_row(
         "peak_demand": bucket.peak_demand,
         "peak_time": to_datetime(bucket.peak_time_ms),
         "flags": flags,
+        "cost": bucket.cost,
+        "co2_kg": bucket.co2_kg,
+        "currency": currency if bucket.cost is not None else None,
     }
 
 
@@ -134,6 +141,8 @@ def bucket_of(row: Rollup) -> Bucket:
         rollovers=row.rollover_count,
         peak_demand=row.peak_demand,
         peak_time_ms=to_ms(row.peak_time),
+        cost=row.cost,
+        co2_kg=row.co2_kg,
     )
 
 
@@ -142,6 +151,8 @@ class Series:
     meter: devices_pb2.Meter
     unit: str
     buckets: Sequence[Bucket]
+    # ISO 4217 code of the buckets' cost; "" when unpriced.
+    currency: str = ""
 
 
 class Analytics:
@@ -198,13 +209,21 @@ class Analytics:
                 to_datetime(day_hi + spec.expected_interval_ms),
             )
             quarters = quarter_hours(window(fetched, spec, day_lo, day_hi), spec, day_lo, day_hi)
-            rows = [rollup_row(meter, Granularity.QUARTER_HOUR, q, unit) for q in quarters]
+            # Cost and CO2 per quarter hour; hours and days sum them (aggregate).
+            quarters, prices = await pricing.price_recomputed(
+                session, meter, site.time_zone, quarters
+            )
+            currency = prices.currency
+            rows = [
+                rollup_row(meter, Granularity.QUARTER_HOUR, q, unit, currency) for q in quarters
+            ]
             for granularity in (Granularity.HOUR, Granularity.DAY):
                 rows.extend(
-                    rollup_row(meter, granularity, bucket, unit)
+                    rollup_row(meter, granularity, bucket, unit, currency)
                     for bucket in aggregate(quarters, granularity, spec.zone)
                 )
             await repository.upsert_rollups(session, rows)
+            await pricing.reprice_rest_of_month(session, meter, prices, day_hi)
         return len(rows)
 
     # --- the registry's events -------------------------------------------------------------
@@ -326,7 +345,8 @@ class Analytics:
         buckets = [bucket_of(row) for row in rows]
         if derive:
             buckets = aggregate(buckets, granularity, zone)
-        return Series(meter=meter, unit=unit, buckets=buckets)
+        currency = next((row.currency for row in rows if row.currency), "")
+        return Series(meter=meter, unit=unit, buckets=buckets, currency=currency)
 
 
 def _update_time(resource: devices_pb2.Meter | devices_pb2.Site) -> datetime:

@@ -1,4 +1,4 @@
-"""Events the analytics service consumes (it publishes none yet).
+"""Events the analytics service consumes and publishes.
 
 Consumed with durable JetStream consumers (shared by every replica, explicit acks):
 
@@ -9,6 +9,12 @@ Consumed with durable JetStream consumers (shared by every replica, explicit ack
 - devices.> (stream DEVICES): devices.meter.{created,updated,decommissioned} and
   devices.site.{created,updated} keep the local copy of what the rollups need to know about a
   meter (register, unit, multiplier, rollover, cadence) and its site (time zone).
+- analytics.pricing.changed (stream ANALYTICS), its own, published through its outbox in the
+  transaction that changed a tariff, an assignment or an emission factor: the stored rollups
+  of the meters concerned are repriced (services/analytics/pricing.py). Internal to analytics,
+  a JSON object (google.protobuf.Struct): {"organizationId", "commodity" (COMMODITY_…),
+  "siteId"?, "direction"? (FLOW_DIRECTION_…), "startTime"?, "endTime"? (absent: open),
+  "reason"}.
 """
 
 from __future__ import annotations
@@ -22,9 +28,12 @@ METER_UPDATED = "devices.meter.updated"
 METER_DECOMMISSIONED = "devices.meter.decommissioned"
 SITE_CREATED = "devices.site.created"
 SITE_UPDATED = "devices.site.updated"
+PRICING_CHANGED = "analytics.pricing.changed"
 
 # The same declarations as the services that own them (services/telemetry/events.py,
 # services/devices/events.py): declaring a stream is idempotent only when every service
 # declares it identically, so keep them in step.
 TELEMETRY_STREAM = Stream("TELEMETRY", ("telemetry.>",))
 DEVICES_STREAM = Stream("DEVICES", ("devices.>",))
+# Analytics' own events.
+ANALYTICS_STREAM = Stream("ANALYTICS", ("analytics.>",))

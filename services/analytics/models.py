@@ -10,7 +10,6 @@ pricing.py).
 from __future__ import annotations
 
 from datetime import datetime
-
 from typing import Any
 
 from sqlalchemy import (

@@ -1,11 +1,12 @@
 """The gRPC adapter: turns requests into domain calls and domain results into responses.
 
-This slice serves GetMeterConsumption; every other RPC of the contract answers UNIMPLEMENTED
-(with its access rule already in force, so the permission matrix does not change when it
-lands)."""
+This slice serves GetMeterConsumption and the tariff, assignment and emission-factor RPCs;
+every other RPC of the contract answers UNIMPLEMENTED (with its access rule already in force,
+so the permission matrix does not change when it lands)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -16,12 +17,20 @@ from google.protobuf import empty_pb2, timestamp_pb2
 from energymesh.analytics.v1 import analytics_pb2, analytics_pb2_grpc
 from services.analytics.domain import Analytics, Series
 from services.analytics.rollups import Granularity
-from services.kernel.errors import DomainError
+from services.analytics.tariff_catalog import (
+    TARIFF_FIELDS,
+    TariffCatalog,
+    assignment_to_proto,
+    emission_factor_to_proto,
+    tariff_to_proto,
+)
+from services.kernel.errors import DomainError, InvalidArgument
 from services.kernel.interceptors import caller
 from services.kernel.permissions import Permission
 from services.kernel.protos import timestamp_or_none
 
 SERVICE = "energymesh.analytics.v1.AnalyticsService"
+_CAMEL = re.compile(r"(?<!^)(?=[A-Z])")
 
 # Every RPC's access rule. Reads need DATA_READ (viewers are narrowed to their assigned meters
 # by the registry's GetMeter); tariffs and emission factors are managed by managers and admins.
@@ -80,16 +89,30 @@ def timestamp(ms: int) -> timestamp_pb2.Timestamp:
     return stamp
 
 
+def update_paths(request: analytics_pb2.UpdateTariffRequest) -> set[str]:
+    """The tariff fields an update names (AIP-134); an empty mask: those the request sets."""
+    paths = {_CAMEL.sub("_", path).lower() for path in request.update_mask.paths} - {"etag"}
+    unknown = paths - set(TARIFF_FIELDS)
+    if unknown:
+        raise InvalidArgument([("update_mask", f"cannot update {', '.join(sorted(unknown))}")])
+    if not paths:
+        paths = {field.name for field, _ in request.tariff.ListFields()} & set(TARIFF_FIELDS)
+    return paths
+
+
 def series_to_proto(series: Series) -> analytics_pb2.ConsumptionSeries:
     return analytics_pb2.ConsumptionSeries(
         commodity=series.meter.commodity,
         direction=series.meter.direction,
+        currency_code=series.currency,
         points=[
             analytics_pb2.ConsumptionPoint(
                 start_time=timestamp(bucket.start_ms),
                 end_time=timestamp(bucket.end_ms),
                 value=bucket.value,
                 unit=series.unit,
+                cost=bucket.cost,
+                co2_kg=bucket.co2_kg,
                 completeness=bucket.completeness,
                 peak_demand=bucket.peak_demand,
                 peak_time=timestamp(bucket.peak_time_ms),
@@ -101,8 +124,9 @@ def series_to_proto(series: Series) -> analytics_pb2.ConsumptionSeries:
 
 
 class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServiceServicer):
-    def __init__(self, domain: Analytics) -> None:
+    def __init__(self, domain: Analytics, catalog: TariffCatalog) -> None:
         self.domain = domain
+        self.catalog = catalog
 
     async def GetMeterConsumption(
         self, request: analytics_pb2.GetMeterConsumptionRequest, context: Any
@@ -156,57 +180,82 @@ class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServiceServicer):
         raise Unimplemented("ExportConsumption")
         yield httpbody_pb2.HttpBody()  # pragma: no cover - makes this a stream handler
 
+    # --- tariffs and emission factors (services/analytics/tariff_catalog.py) -------------------
+
     async def CreateTariff(
         self, request: analytics_pb2.CreateTariffRequest, context: Any
     ) -> analytics_pb2.Tariff:
-        raise Unimplemented("CreateTariff")
+        return tariff_to_proto(await self.catalog.create_tariff(caller(), request.tariff))
 
     async def GetTariff(
         self, request: analytics_pb2.GetTariffRequest, context: Any
     ) -> analytics_pb2.Tariff:
-        raise Unimplemented("GetTariff")
+        return tariff_to_proto(await self.catalog.get_tariff(caller(), request.tariff_id))
 
     async def ListTariffs(
         self, request: analytics_pb2.ListTariffsRequest, context: Any
     ) -> analytics_pb2.ListTariffsResponse:
-        raise Unimplemented("ListTariffs")
+        page = await self.catalog.list_tariffs(caller(), request.page_size, request.page_token)
+        return analytics_pb2.ListTariffsResponse(
+            tariffs=[tariff_to_proto(tariff) for tariff in page.items],
+            next_page_token=page.next_page_token,
+        )
 
     async def UpdateTariff(
         self, request: analytics_pb2.UpdateTariffRequest, context: Any
     ) -> analytics_pb2.Tariff:
-        raise Unimplemented("UpdateTariff")
+        paths = update_paths(request)
+        return tariff_to_proto(await self.catalog.update_tariff(caller(), request.tariff, paths))
 
     async def DeleteTariff(
         self, request: analytics_pb2.DeleteTariffRequest, context: Any
     ) -> empty_pb2.Empty:
-        raise Unimplemented("DeleteTariff")
+        await self.catalog.delete_tariff(caller(), request.tariff_id)
+        return empty_pb2.Empty()
 
     async def CreateTariffAssignment(
         self, request: analytics_pb2.CreateTariffAssignmentRequest, context: Any
     ) -> analytics_pb2.TariffAssignment:
-        raise Unimplemented("CreateTariffAssignment")
+        assignment = await self.catalog.create_assignment(
+            caller(), authorization(context), request.site_id, request.assignment
+        )
+        return assignment_to_proto(assignment)
 
     async def ListTariffAssignments(
         self, request: analytics_pb2.ListTariffAssignmentsRequest, context: Any
     ) -> analytics_pb2.ListTariffAssignmentsResponse:
-        raise Unimplemented("ListTariffAssignments")
+        assignments = await self.catalog.list_assignments(
+            caller(), authorization(context), request.site_id
+        )
+        return analytics_pb2.ListTariffAssignmentsResponse(
+            assignments=[assignment_to_proto(assignment) for assignment in assignments]
+        )
 
     async def DeleteTariffAssignment(
         self, request: analytics_pb2.DeleteTariffAssignmentRequest, context: Any
     ) -> empty_pb2.Empty:
-        raise Unimplemented("DeleteTariffAssignment")
+        await self.catalog.delete_assignment(caller(), request.site_id, request.assignment_id)
+        return empty_pb2.Empty()
 
     async def CreateEmissionFactor(
         self, request: analytics_pb2.CreateEmissionFactorRequest, context: Any
     ) -> analytics_pb2.EmissionFactor:
-        raise Unimplemented("CreateEmissionFactor")
+        factor = await self.catalog.create_emission_factor(caller(), request.emission_factor)
+        return emission_factor_to_proto(factor)
 
     async def ListEmissionFactors(
         self, request: analytics_pb2.ListEmissionFactorsRequest, context: Any
     ) -> analytics_pb2.ListEmissionFactorsResponse:
-        raise Unimplemented("ListEmissionFactors")
+        page = await self.catalog.list_emission_factors(
+            caller(), request.commodity, request.page_size, request.page_token
+        )
+        return analytics_pb2.ListEmissionFactorsResponse(
+            emission_factors=[emission_factor_to_proto(factor) for factor in page.items],
+            next_page_token=page.next_page_token,
+        )
 
     async def DeleteEmissionFactor(
         self, request: analytics_pb2.DeleteEmissionFactorRequest, context: Any
     ) -> empty_pb2.Empty:
-        raise Unimplemented("DeleteEmissionFactor")
+        await self.catalog.delete_emission_factor(caller(), request.emission_factor_id)
+        return empty_pb2.Empty()
