@@ -169,5 +169,8 @@ async def test_meter_consumption_counts_local_days_across_dst(
         headers=admin.headers,
     )
     assert missing.status_code == 400
-    unimplemented = await http.get("/v1/tariffs", headers=admin.headers)
-    assert unimplemented.status_code == 501
+    # No tariff or emission factor: nothing is priced.
+    series = (await consumption(http, admin, meter, "GRANULARITY_DAY")).json()["series"]
+    assert series.get("currencyCode", "") == ""
+    assert "cost" not in day
+    assert "co2Kg" not in day
