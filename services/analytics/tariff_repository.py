@@ -41,7 +41,8 @@ async def list_tariffs(
 ) -> list[Tariff]:
     query = select(Tariff).where(Tariff.organization_id == organization_id)
     if after is not None:
-        query = query.where(tuple_(Tariff.name, Tariff.id) > tuple_(*after))
+        position = tuple_(*after, types=[Tariff.name.type, Tariff.id.type])
+        query = query.where(tuple_(Tariff.name, Tariff.id) > position)
     query = query.order_by(Tariff.name, Tariff.id).limit(limit)
     return list((await session.scalars(query)).all())
 
@@ -177,8 +178,9 @@ async def list_emission_factors(
     if commodity is not None:
         query = query.where(EmissionFactor.commodity == commodity)
     if after is not None:
-        key = tuple_(EmissionFactor.commodity, EmissionFactor.effective_from, EmissionFactor.id)
-        query = query.where(key > tuple_(*after))
+        columns = (EmissionFactor.commodity, EmissionFactor.effective_from, EmissionFactor.id)
+        position = tuple_(*after, types=[column.type for column in columns])
+        query = query.where(tuple_(*columns) > position)
     query = query.order_by(
         EmissionFactor.commodity, EmissionFactor.effective_from, EmissionFactor.id
     ).limit(limit)
