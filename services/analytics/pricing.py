@@ -400,6 +400,9 @@ class Repricer:
         """Reprices a meter's stored rollups in [start_ms, end_ms) (None: open), widened to
         whole local months, one month per transaction. Returns how many quarter hours changed."""
         async with self.database.transaction() as session:
+            # Under the lock: a recompute that priced with the old definitions has committed
+            # its rows (even in months not stored before), and later ones price with the new.
+            await repository.lock_meter(session, meter_id)
             span = await tariff_repository.quarter_span(
                 session,
                 meter_id,
