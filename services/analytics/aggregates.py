@@ -50,7 +50,26 @@ ADDITIVE = (
     "co2_rows",
 )
 _ONE_MS = timedelta(milliseconds=1)
-_CHUNK = 2000
+
+
+def _add_to_site_rollups() -> Any:
+    statement = insert(SiteRollup)
+    return statement.on_conflict_do_update(
+        constraint="site_rollups_pkey",
+        set_={
+            **{
+                column: getattr(SiteRollup, column) + statement.excluded[column]
+                for column in ADDITIVE
+            },
+            "bucket_end": statement.excluded.bucket_end,
+            "currency": statement.excluded.currency,
+        },
+    )
+
+
+# One statement, executed with many rows (SQLAlchemy batches them into multi-row VALUES, in
+# the order given: the lock order).
+_ADD_TO_SITE_ROLLUPS = _add_to_site_rollups()
 
 _QUARTER_PEAKS = text(
     """
@@ -162,21 +181,7 @@ async def apply_changes(
         }
         for granularity, start in touched
     ]
-    for offset in range(0, len(values), _CHUNK):
-        statement = insert(SiteRollup).values(values[offset : offset + _CHUNK])
-        await session.execute(
-            statement.on_conflict_do_update(
-                constraint="site_rollups_pkey",
-                set_={
-                    **{
-                        column: getattr(SiteRollup, column) + statement.excluded[column]
-                        for column in ADDITIVE
-                    },
-                    "bucket_end": statement.excluded.bucket_end,
-                    "currency": statement.excluded.currency,
-                },
-            )
-        )
+    await session.execute(_ADD_TO_SITE_ROLLUPS, values)
     await _update_peaks(session, site, touched)
     if any(deltas[key][ADDITIVE.index("span_ms")] < 0 for key in touched):
         await session.execute(_DELETE_EMPTY, site)

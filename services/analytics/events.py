@@ -20,7 +20,7 @@ Consumed with durable JetStream consumers (shared by every replica, explicit ack
 
 Published:
 - analytics.anomaly.detected (stream ANALYTICS): energymesh.analytics.v1.AnomalyDetected,
-  once per anomaly (Nats-Msg-Id "anomaly-<id>"), for the notification service.
+  once per anomaly (Nats-Msg-Id: the anomaly id), for the notification service.
 """
 
 from __future__ import annotations

@@ -274,7 +274,7 @@ class RollupMaintainer:
                 events_pb2.AnomalyDetected(
                     organization_id=meter.organization_id, anomaly=anomaly_to_proto(row)
                 ),
-                message_id=f"anomaly-{row.id}",
+                message_id=row.id,
             )
 
     # --- the registry's events ---------------------------------------------------------------

@@ -99,15 +99,25 @@ async def readings_window(
 
 async def upsert_rollups(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
     """Inserts or replaces buckets: writing the same numbers again changes nothing."""
-    for chunk_start in range(0, len(rows), 1000):
-        chunk = rows[chunk_start : chunk_start + 1000]
-        statement = insert(Rollup).values(list(chunk))
-        keys = ("meter_id", "granularity", "bucket_start")
-        statement = statement.on_conflict_do_update(
-            constraint="rollups_pkey",
-            set_={column: statement.excluded[column] for column in chunk[0] if column not in keys},
-        )
-        await session.execute(statement)
+    if rows:
+        await session.execute(_UPSERT_ROLLUPS, list(rows))
+
+
+def _upsert_rollups() -> Any:
+    statement = insert(Rollup)
+    keys = ("meter_id", "granularity", "bucket_start")
+    return statement.on_conflict_do_update(
+        constraint="rollups_pkey",
+        set_={
+            column.key: statement.excluded[column.key]
+            for column in Rollup.__table__.columns
+            if column.key not in keys
+        },
+    )
+
+
+# One statement, executed with many rows (SQLAlchemy batches them into multi-row VALUES).
+_UPSERT_ROLLUPS = _upsert_rollups()
 
 
 async def rollups(

@@ -25,7 +25,7 @@ class AnomalyDetected(_message.Message):
     least once.
 
     `analytics.anomaly.detected`: the rollup consumer found an anomalous hour (published once
-    per anomaly; Nats-Msg-Id is "anomaly-<anomaly_id>"). The notification service alerts on it.
+    per anomaly; Nats-Msg-Id is the anomaly_id). The notification service alerts on it.
     """
 
     DESCRIPTOR: _descriptor.Descriptor

@@ -16,7 +16,7 @@ export const file_energymesh_analytics_v1_events: GenFile = /*@__PURE__*/
 
 /**
  * `analytics.anomaly.detected`: the rollup consumer found an anomalous hour (published once
- * per anomaly; Nats-Msg-Id is "anomaly-<anomaly_id>"). The notification service alerts on it.
+ * per anomaly; Nats-Msg-Id is the anomaly_id). The notification service alerts on it.
  *
  * @generated from message energymesh.analytics.v1.AnomalyDetected
  */
