@@ -873,7 +873,7 @@ def aggregate_columns(quarters: Columns, granularity: Granularity, zone_name: st
     firsts = np.searchsorted(group, np.arange(size))
 
     def total(column: npt.NDArray[Any]) -> Floats:
-        return np.bincount(group, weights=column, minlength=size)
+        return np.bincount(group, weights=column, minlength=size).astype(np.float64)
 
     def known_total(column: Floats) -> Floats:
         known = total((~np.isnan(column)).astype(np.float64))
