@@ -442,7 +442,16 @@ async def _write(
     for plan in plans:
         await pricing.reprice_rest_of_month(session, plan.meter, plan.prices, plan.day_hi)
     await session.execute(
-        text("INSERT INTO analytics_staged_spans VALUES (:meter_id, :level, :start, :end)"), spans
+        text(
+            "INSERT INTO analytics_staged_spans SELECT * FROM unnest(CAST(:ids AS uuid[]), "
+            "CAST(:levels AS int2[]), CAST(:starts AS timestamptz[]), CAST(:ends AS timestamptz[]))"
+        ),
+        {
+            "ids": [span["meter_id"] for span in spans],
+            "levels": [span["level"] for span in spans],
+            "starts": [span["start"] for span in spans],
+            "ends": [span["end"] for span in spans],
+        },
     )
     for level in range(1, len(LEVELS)):
         await session.execute(text("DELETE FROM analytics_staged"))
