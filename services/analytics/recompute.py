@@ -20,6 +20,8 @@ import itertools
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import numpy.typing as npt
@@ -92,10 +94,13 @@ CREATE_STAGING = """
         cost float8 NOT NULL, co2_kg float8 NOT NULL
     ) ON COMMIT DELETE ROWS;
     CREATE TEMPORARY TABLE IF NOT EXISTS analytics_staged_meters (
-        meter_id uuid PRIMARY KEY, unit text NOT NULL, currency text
+        meter_id uuid PRIMARY KEY, unit text NOT NULL, currency text,
+        -- The recomputed quarter hours, [lo, hi), and the zone of the meter's buckets.
+        zone text NOT NULL, lo timestamptz NOT NULL, hi timestamptz NOT NULL
     ) ON COMMIT DELETE ROWS;
+    -- The hours, days and months of each zone holding recomputed quarter hours.
     CREATE TEMPORARY TABLE IF NOT EXISTS analytics_staged_spans (
-        meter_id uuid NOT NULL, level int2 NOT NULL,
+        zone text NOT NULL, level int2 NOT NULL,
         bucket_start timestamptz NOT NULL, bucket_end timestamptz NOT NULL
     ) ON COMMIT DELETE ROWS
 """
@@ -233,15 +238,17 @@ UPSERT_METER_ROWS = sql(
 STAGE_LEVEL = text(
     """
     INSERT INTO analytics_staged
-    SELECT d.meter_id, w.level, w.bucket_start, w.bucket_end, sum(d.value), sum(d.covered_ms),
-        sum(d.reading_count), sum(d.reset_count), sum(d.rollover_count), max(d.peak_demand),
+    SELECT sm.meter_id, w.level, w.bucket_start, w.bucket_end, sum(d.value),
+        sum(d.covered_ms), sum(d.reading_count), sum(d.reset_count), sum(d.rollover_count),
+        max(d.peak_demand),
         (array_agg(d.peak_time ORDER BY d.peak_demand DESC, d.bucket_start))[1],
         coalesce(sum(d.cost), 'NaN'), coalesce(sum(d.co2_kg), 'NaN')
-    FROM analytics_staged_spans w
-    JOIN analytics.rollups d ON d.meter_id = w.meter_id AND d.granularity = :child
+    FROM analytics_staged_meters sm
+    JOIN analytics_staged_spans w ON w.zone = sm.zone AND w.level = :level
+        AND w.bucket_end > sm.lo AND w.bucket_start < sm.hi
+    JOIN analytics.rollups d ON d.meter_id = sm.meter_id AND d.granularity = :child
         AND d.bucket_start >= w.bucket_start AND d.bucket_start < w.bucket_end
-    WHERE w.level = :level
-    GROUP BY d.meter_id, w.level, w.bucket_start, w.bucket_end
+    GROUP BY sm.meter_id, w.level, w.bucket_start, w.bucket_end
     """
 )
 COARSE_PEAKS = sql(
@@ -333,7 +340,6 @@ async def recompute(
         session, [(p.meter.id, p.lo, p.hi + p.spec.expected_interval_ms) for p in plans]
     )
     quarters: list[tuple[bytes, Columns]] = []
-    spans: list[dict[str, object]] = []
     for plan, (times, values) in zip(plans, readings, strict=True):
         columns = quarter_columns(times, values, plan.spec, plan.lo, plan.hi)
         prices = plan.prices
@@ -341,31 +347,47 @@ async def recompute(
             before = await pricing.month_to_date(session, plan.meter.id, prices, plan.lo)
             columns = Columns.of(pricing.price(columns.buckets(), prices, before))
         quarters.append((uuid.UUID(plan.meter.id).bytes, columns))
-        spans.extend(_coarser_spans(plan))
-    await _write(session, _staged(quarters), spans, plans)
+    await _write(session, _staged(quarters), plans)
     return plans
 
 
-def _coarser_spans(plan: Recomputed) -> list[dict[str, object]]:
-    """The hours, days and months holding the recomputed quarter hours."""
-    spans: list[dict[str, object]] = []
-    zone = plan.spec.time_zone
-    for level, granularity in enumerate(LEVELS[1:], start=1):
-        if granularity is Granularity.MONTH:
-            lo, hi = aligned_range(plan.lo, plan.hi, granularity, plan.spec.zone)
-            edges = [s for s, _ in bucket_spans(lo, hi, granularity, plan.spec.zone)] + [hi]
+def _coarser_spans(plans: Sequence[Recomputed]) -> dict[str, list[Any]]:
+    """The hours, days and months holding the recomputed quarter hours, per zone (meters of
+    a zone share them), as columns for analytics_staged_spans."""
+    ranges: dict[str, list[tuple[int, int]]] = {}
+    for plan in plans:
+        ranges.setdefault(plan.spec.time_zone, []).append((plan.lo, plan.hi))
+    spans: set[tuple[str, int, int, int]] = set()
+    for zone_name, zone_ranges in ranges.items():
+        zone = ZoneInfo(zone_name)
+        for lo, hi in _merged_ranges(zone_ranges):
+            for level, granularity in enumerate(LEVELS[1:], start=1):
+                if granularity is Granularity.MONTH:
+                    month_lo, month_hi = aligned_range(lo, hi, granularity, zone)
+                    spans.update(
+                        (zone_name, level, a, b)
+                        for a, b in bucket_spans(month_lo, month_hi, granularity, zone)
+                    )
+                else:
+                    edges = bucket_edges(lo, hi, granularity, zone_name).tolist()
+                    spans.update((zone_name, level, a, b) for a, b in itertools.pairwise(edges))
+    ordered = sorted(spans)
+    return {
+        "zones": [span[0] for span in ordered],
+        "levels": [span[1] for span in ordered],
+        "starts": [to_datetime(span[2]) for span in ordered],
+        "ends": [to_datetime(span[3]) for span in ordered],
+    }
+
+
+def _merged_ranges(ranges: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    merged: list[tuple[int, int]] = []
+    for lo, hi in sorted(ranges):
+        if merged and lo <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], hi))
         else:
-            edges = bucket_edges(plan.lo, plan.hi, granularity, zone).tolist()
-        spans.extend(
-            {
-                "meter_id": plan.meter.id,
-                "level": level,
-                "start": to_datetime(a),
-                "end": to_datetime(b),
-            }
-            for a, b in itertools.pairwise(edges)
-        )
-    return spans
+            merged.append((lo, hi))
+    return merged
 
 
 async def _neighbours(
@@ -422,17 +444,27 @@ def _staged(buckets: Sequence[tuple[bytes, Columns]]) -> npt.NDArray[np.void]:
 
 
 async def _write(
-    session: AsyncSession,
-    quarters: npt.NDArray[np.void],
-    spans: Sequence[dict[str, object]],
-    plans: Sequence[Recomputed],
+    session: AsyncSession, quarters: npt.NDArray[np.void], plans: Sequence[Recomputed]
 ) -> None:
     """Writes the recomputed quarter hours, then level by level the hours, days and months
     holding them, each summed from its stored children."""
     await session.execute(text(CREATE_STAGING))
     await session.execute(
-        text("INSERT INTO analytics_staged_meters VALUES (:meter_id, :unit, :currency)"),
-        [{"meter_id": p.meter.id, "unit": p.unit, "currency": p.prices.currency} for p in plans],
+        text(
+            "INSERT INTO analytics_staged_meters VALUES "
+            "(:meter_id, :unit, :currency, :zone, :lo, :hi)"
+        ),
+        [
+            {
+                "meter_id": plan.meter.id,
+                "unit": plan.unit,
+                "currency": plan.prices.currency,
+                "zone": plan.spec.time_zone,
+                "lo": to_datetime(plan.lo),
+                "hi": to_datetime(plan.hi),
+            }
+            for plan in plans
+        ],
     )
     pg = await repository.driver_connection(session)
     async with pg.cursor() as cursor, cursor.copy(COPY_STAGED) as copy:
@@ -443,15 +475,10 @@ async def _write(
         await pricing.reprice_rest_of_month(session, plan.meter, plan.prices, plan.day_hi)
     await session.execute(
         text(
-            "INSERT INTO analytics_staged_spans SELECT * FROM unnest(CAST(:ids AS uuid[]), "
+            "INSERT INTO analytics_staged_spans SELECT * FROM unnest(CAST(:zones AS text[]), "
             "CAST(:levels AS int2[]), CAST(:starts AS timestamptz[]), CAST(:ends AS timestamptz[]))"
         ),
-        {
-            "ids": [span["meter_id"] for span in spans],
-            "levels": [span["level"] for span in spans],
-            "starts": [span["start"] for span in spans],
-            "ends": [span["end"] for span in spans],
-        },
+        _coarser_spans(plans),
     )
     for level in range(1, len(LEVELS)):
         await session.execute(text("DELETE FROM analytics_staged"))
