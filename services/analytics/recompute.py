@@ -238,17 +238,26 @@ UPSERT_METER_ROWS = sql(
 STAGE_LEVEL = text(
     """
     INSERT INTO analytics_staged
-    SELECT sm.meter_id, w.level, w.bucket_start, w.bucket_end, sum(d.value),
-        sum(d.covered_ms), sum(d.reading_count), sum(d.reset_count), sum(d.rollover_count),
-        max(d.peak_demand),
-        (array_agg(d.peak_time ORDER BY d.peak_demand DESC, d.bucket_start))[1],
-        coalesce(sum(d.cost), 'NaN'), coalesce(sum(d.co2_kg), 'NaN')
+    SELECT sm.meter_id, w.level, w.bucket_start, w.bucket_end, a.value, a.covered_ms,
+        a.reading_count, a.reset_count, a.rollover_count, a.peak_demand, a.peak_time, a.cost,
+        a.co2_kg
     FROM analytics_staged_meters sm
     JOIN analytics_staged_spans w ON w.zone = sm.zone AND w.level = :level
         AND w.bucket_end > sm.lo AND w.bucket_start < sm.hi
-    JOIN analytics.rollups d ON d.meter_id = sm.meter_id AND d.granularity = :child
-        AND d.bucket_start >= w.bucket_start AND d.bucket_start < w.bucket_end
-    GROUP BY sm.meter_id, w.level, w.bucket_start, w.bucket_end
+    -- Lateral: one index range scan of the meter's children per bucket.
+    CROSS JOIN LATERAL (
+        SELECT sum(d.value) AS value, sum(d.covered_ms) AS covered_ms,
+            sum(d.reading_count) AS reading_count, sum(d.reset_count) AS reset_count,
+            sum(d.rollover_count) AS rollover_count, max(d.peak_demand) AS peak_demand,
+            (array_agg(d.peak_time ORDER BY d.peak_demand DESC, d.bucket_start))[1]
+                AS peak_time,
+            coalesce(sum(d.cost), 'NaN') AS cost, coalesce(sum(d.co2_kg), 'NaN') AS co2_kg,
+            count(*) AS children
+        FROM analytics.rollups d
+        WHERE d.meter_id = sm.meter_id AND d.granularity = :child
+          AND d.bucket_start >= w.bucket_start AND d.bucket_start < w.bucket_end
+    ) AS a
+    WHERE a.children > 0
     """
 )
 COARSE_PEAKS = sql(
