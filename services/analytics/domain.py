@@ -289,8 +289,14 @@ def _netted(
     return series
 
 
-def percentile(values: Sequence[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values, dtype=np.float64), q)) if values else 0.0
+def baseload(hours: Sequence[Bucket]) -> float:
+    """The typical minimum load: the 5th percentile of the hourly average loads (kW or m3/h),
+    over the complete hours when there are any."""
+    complete = [hour for hour in hours if hour.completeness >= COMPLETE_HOUR] or hours
+    if not complete:
+        return 0.0
+    loads = [hour.value * MS_PER_HOUR / (hour.end_ms - hour.start_ms) for hour in complete]
+    return float(np.percentile(np.asarray(loads, dtype=np.float64), BASELOAD_PERCENTILE))
 
 
 def rfc3339(ms: int) -> str:
@@ -309,22 +315,21 @@ class Analytics:
     # --- who sees what -----------------------------------------------------------------------
 
     async def _scope(
-        self, caller: Caller, authorization: str, site_id: str = ""
+        self, caller: Caller, authorization: str, site: SiteInfo | None = None
     ) -> dict[str, Sources]:
-        """The sources a caller's query sums, by the zone their buckets are stored in: whole
-        sites for those who see everything, a viewer's own meters otherwise."""
-        async with self.database.transaction() as session:
-            if caller.role is not Role.VIEWER:
-                if site_id:
-                    site = await repository.site_info(session, site_id)
-                    sites = [site] if site is not None else []
-                else:
-                    sites = await repository.sites_of_organization(session, caller.organization_id)
-                zones: dict[str, list[str]] = {}
-                for site in sites:
-                    zones.setdefault(site.time_zone, []).append(site.id)
-                return {zone: Sources(site_ids=ids) for zone, ids in zones.items()}
-        meters = await self.devices.visible_meters(authorization, site_id)
+        """The sources a caller's query sums (of one site, or the whole organization), by the
+        zone their buckets are stored in: whole sites for those who see everything, a viewer's
+        own meters otherwise."""
+        if caller.role is not Role.VIEWER:
+            if site is not None:
+                return {site.time_zone: Sources(site_ids=[site.id])}
+            async with self.database.transaction() as session:
+                sites = await repository.sites_of_organization(session, caller.organization_id)
+            zones: dict[str, list[str]] = {}
+            for each in sites:
+                zones.setdefault(each.time_zone, []).append(each.id)
+            return {zone: Sources(site_ids=ids) for zone, ids in zones.items()}
+        meters = await self.devices.visible_meters(authorization, site.id if site else "")
         async with self.database.transaction() as session:
             infos = await repository.meter_infos(session, [meter.meter_id for meter in meters])
             site_zones = {
@@ -403,7 +408,7 @@ class Analytics:
         check_id(violations, "site_id", site_id)
         window = check_window(violations, start, end, granularity, time_zone)
         site = await self._site(caller, authorization, site_id)
-        scope = await self._scope(caller, authorization, site_id)
+        scope = await self._scope(caller, authorization, site)
         zone = window.zone or ZoneInfo(site.time_zone)
         return await self._summed_series(scope, window, zone, commodity, netted)
 
@@ -484,7 +489,7 @@ class Analytics:
         assert start is not None
         assert end is not None
         site = await self._site(caller, authorization, site_id)
-        scope = await self._scope(caller, authorization, site_id)
+        scope = await self._scope(caller, authorization, site)
         sources = scope.get(site.time_zone, Sources())
         zone = ZoneInfo(site.time_zone)
         lo, hi = aligned_range(to_ms(start), to_ms(end), Granularity.QUARTER_HOUR, zone)
@@ -753,18 +758,11 @@ def _summaries(
         both = merge([imported + exported])
         total_import = math.fsum(b.value for b in imported)
         peak = max(imported, key=lambda b: b.peak_demand, default=None)
-        loads = [
-            bucket.value * MS_PER_HOUR / (bucket.end_ms - bucket.start_ms)
+        imported_hours = [
+            bucket
             for key, (buckets, _) in hours.items()
             if (key.commodity, key.unit) == (commodity, unit) and key.direction != EXPORT
             for bucket in buckets
-        ]
-        complete_loads = [
-            bucket.value * MS_PER_HOUR / (bucket.end_ms - bucket.start_ms)
-            for key, (buckets, _) in hours.items()
-            if (key.commodity, key.unit) == (commodity, unit) and key.direction != EXPORT
-            for bucket in buckets
-            if bucket.completeness >= COMPLETE_HOUR
         ]
         before = math.fsum(
             t.bucket.value
@@ -781,7 +779,7 @@ def _summaries(
                 exported=math.fsum(b.value for b in exported),
                 peak_demand=peak.peak_demand if peak else 0.0,
                 peak_time_ms=peak.peak_time_ms if peak else 0,
-                baseload=percentile(complete_loads or loads, BASELOAD_PERCENTILE),
+                baseload=baseload(imported_hours),
                 cost=cost,
                 currency=currency or "",
                 co2_kg=both[0].co2_kg if both else None,

@@ -167,7 +167,7 @@ class MeterSpec:
         return _zone(self.time_zone)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Bucket:
     """Consumption in one bucket [start_ms, end_ms).
 

@@ -98,26 +98,34 @@ def top_to_proto(entry: TopEntry) -> analytics_pb2.TopConsumer:
 
 
 def series_to_proto(series: Series) -> analytics_pb2.ConsumptionSeries:
-    return analytics_pb2.ConsumptionSeries(
+    proto = analytics_pb2.ConsumptionSeries(
         commodity=series.commodity,  # type: ignore[arg-type]
         direction=series.direction,  # type: ignore[arg-type]
         currency_code=series.currency,
-        points=[
-            analytics_pb2.ConsumptionPoint(
-                start_time=timestamp(bucket.start_ms),
-                end_time=timestamp(bucket.end_ms),
-                value=bucket.value,
-                unit=series.unit,
-                cost=bucket.cost,
-                co2_kg=bucket.co2_kg,
-                completeness=bucket.completeness,
-                peak_demand=bucket.peak_demand,
-                peak_time=timestamp(bucket.peak_time_ms),
-                reset_count=bucket.resets,
-            )
-            for bucket in series.buckets
-        ],
     )
+    # add() with scalars, then the timestamps' fields: several times faster than building
+    # each point from keyword arguments (a month of quarter hours is 3,000 points).
+    points = proto.points
+    for bucket in series.buckets:
+        point = points.add(
+            value=bucket.value,
+            unit=series.unit,
+            cost=bucket.cost,
+            co2_kg=bucket.co2_kg,
+            completeness=bucket.completeness,
+            peak_demand=bucket.peak_demand,
+            reset_count=bucket.resets,
+        )
+        set_timestamp(point.start_time, bucket.start_ms)
+        set_timestamp(point.end_time, bucket.end_ms)
+        set_timestamp(point.peak_time, bucket.peak_time_ms)
+    return proto
+
+
+def set_timestamp(stamp: timestamp_pb2.Timestamp, ms: int) -> None:
+    stamp.seconds, millis = divmod(ms, 1000)
+    if millis:
+        stamp.nanos = millis * 1_000_000
 
 
 class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServiceServicer):
