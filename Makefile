@@ -97,12 +97,13 @@ bench: setup
 	$(PY) -m benchmarks.ingest $(BENCH_ARGS)
 	$(PY) -m benchmarks.analytics $(ANALYTICS_BENCH_ARGS)
 
-# The whole mesh plus the simulator streaming live readings: open http://127.0.0.1:8080 and
-# watch GET /v1/meters/{id}/readings:latest move. Ctrl-C stops both.
+# The whole mesh plus the simulator: four weeks of history (enough for forecasts), then live
+# readings; its demo site's electricity is priced with a day/night tariff. Watch
+# GET /v1/meters/{id}/readings:latest move and ask for the site's consumption. Ctrl-C stops both.
 demo: setup
 	@$(PY) -m services.launcher run & mesh=$$!; \
 	trap 'kill $$mesh 2>/dev/null; wait $$mesh' EXIT INT TERM; \
-	$(PY) -m services.telemetry.simulate --gateway 127.0.0.1:8080 --wait --meters 20 --live
+	$(PY) -m services.telemetry.simulate --gateway 127.0.0.1:8080 --wait --meters 20 --days 28 --live
 
 clean:
 	rm -rf $(VENV) node_modules build .energymesh .mypy_cache .ruff_cache .pytest_cache

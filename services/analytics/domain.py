@@ -588,9 +588,12 @@ class Analytics:
                     last - timedelta(milliseconds=history_ms),
                     last + timedelta(milliseconds=1),
                 )
+        # Incomplete hours (before a meter's first reading, the hour still being filled, gaps)
+        # would read as a drop in consumption: the model learns from complete hours only.
+        hours = [hour for hour in hours if hour.completeness >= COMPLETE_HOUR]
         if site is None or len(hours) < 168:
             raise FailedPrecondition(
-                "a forecast needs at least one week of hourly consumption",
+                "a forecast needs at least one week of complete hourly consumption",
                 metadata={"hours": str(len(hours))},
             )
         starts = [hour.start_ms for hour in hours]
