@@ -81,10 +81,10 @@ _QUARTER_PEAKS = text(
       AND bucket_start = ANY(CAST(:starts AS timestamptz[]))
     """
 )
-_COARSE_PEAKS = text(
-    """
-    UPDATE analytics.site_rollups AS c
-    SET (peak_demand, peak_time) = (
+# The assignment giving a site bucket `c` the highest peak of its children (:child, their
+# granularity); shared with services/analytics/recompute.py.
+SET_PEAK_FROM_CHILDREN = """
+    (peak_demand, peak_time) = (
         SELECT coalesce(k.peak_demand, 0), coalesce(k.peak_time, c.bucket_start)
         FROM (SELECT 1) AS one
         LEFT JOIN LATERAL (
@@ -98,10 +98,14 @@ _COARSE_PEAKS = text(
             LIMIT 1
         ) AS k ON true
     )
+"""
+_COARSE_PEAKS = text(
+    """
+    UPDATE analytics.site_rollups AS c SET PEAK
     WHERE c.site_id = :site_id AND c.commodity = :commodity AND c.direction = :direction
       AND c.unit = :unit AND c.granularity = :granularity
       AND c.bucket_start = ANY(CAST(:starts AS timestamptz[]))
-    """
+    """.replace("PEAK", SET_PEAK_FROM_CHILDREN)
 )
 # Rows no meter contributes to any more (the meters' rows were deleted).
 _DELETE_EMPTY = text(

@@ -28,7 +28,7 @@ import numpy.typing as npt
 from sqlalchemy import TextClause, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.analytics import pricing, repository
+from services.analytics import aggregates, pricing, repository
 from services.analytics.models import MeterInfo, SiteInfo
 from services.analytics.pricing import PriceList
 from services.analytics.rollups import (
@@ -62,8 +62,14 @@ _TOUCHED = """
 
 
 def sql(statement: str) -> TextClause:
-    """A statement with the constant fragments LEVEL_NAME and TOUCHED filled in."""
-    return text(statement.replace("TOUCHED", _TOUCHED).replace("LEVEL_NAME", _LEVEL_NAME))
+    """A statement with the constant fragments TOUCHED, LEVEL_NAME and PEAK filled in."""
+    for name, fragment in (
+        ("TOUCHED", _TOUCHED),
+        ("LEVEL_NAME", _LEVEL_NAME),
+        ("PEAK", aggregates.SET_PEAK_FROM_CHILDREN),
+    ):
+        statement = statement.replace(name, fragment)
+    return text(statement)
 
 
 STAGED = pgcopy.row_dtype(
@@ -262,20 +268,7 @@ STAGE_LEVEL = text(
 )
 COARSE_PEAKS = sql(
     """
-    UPDATE analytics.site_rollups AS c
-    SET (peak_demand, peak_time) = (
-        SELECT coalesce(p.peak_demand, 0), coalesce(p.peak_time, c.bucket_start)
-        FROM (SELECT 1) AS one
-        LEFT JOIN LATERAL (
-            SELECT child.peak_demand, child.peak_time
-            FROM analytics.site_rollups AS child
-            WHERE child.site_id = c.site_id AND child.commodity = c.commodity
-              AND child.direction = c.direction AND child.unit = c.unit
-              AND child.granularity = :child
-              AND child.bucket_start >= c.bucket_start AND child.bucket_start < c.bucket_end
-            ORDER BY child.peak_demand DESC, child.bucket_start
-            LIMIT 1
-        ) AS p ON true)
+    UPDATE analytics.site_rollups AS c SET PEAK
     FROM (TOUCHED) AS k
     WHERE c.site_id = k.site_id AND c.commodity = k.commodity AND c.direction = k.direction
       AND c.unit = k.unit AND c.granularity = k.granularity AND c.bucket_start = k.bucket_start
