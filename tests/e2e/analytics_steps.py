@@ -200,7 +200,7 @@ def local_hour_start(moment_ms: int, zone: ZoneInfo) -> int:
     return ms(local.replace(minute=0, second=0, microsecond=0))
 
 
-def local_day_start(moment_ms: int, zone: ZoneInfo) -> int:
+def local_day_start(moment_ms: int, zone: ZoneInfo = BERLIN) -> int:
     return local_midnight(local_day(moment_ms, zone), zone)
 
 
