@@ -14,15 +14,20 @@ window of readings is also a single index range scan this way.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, text
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import ColumnElement, Select, and_, delete, func, or_, select, text, tuple_
+from sqlalchemy.dialects.postgresql import aggregate_order_by, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.analytics.models import MeterInfo, Rollup, SiteInfo
-from services.analytics.rollups import Reading
+from energymesh.devices.v1 import devices_pb2
+from services.analytics.models import AnomalyRow, MeterInfo, Rollup, SiteInfo, SiteRollup
+from services.analytics.rollups import Bucket, Reading
+from services.analytics.rows import to_ms
+
+EXPORT = devices_pb2.FLOW_DIRECTION_EXPORT
 
 
 async def lock_meter(session: AsyncSession, meter_id: str) -> None:
@@ -30,6 +35,14 @@ async def lock_meter(session: AsyncSession, meter_id: str) -> None:
     await session.execute(
         text("SELECT pg_advisory_xact_lock(hashtext('analytics.rollups:' || :meter_id))"),
         {"meter_id": meter_id},
+    )
+
+
+async def lock_site(session: AsyncSession, site_id: str) -> None:
+    """Serialises changes of one site's time zone (and the rebuilds they start)."""
+    await session.execute(
+        text("SELECT pg_advisory_xact_lock(hashtext('analytics.sites:' || :site_id))"),
+        {"site_id": site_id},
     )
 
 
@@ -86,15 +99,25 @@ async def readings_window(
 
 async def upsert_rollups(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
     """Inserts or replaces buckets: writing the same numbers again changes nothing."""
-    for chunk_start in range(0, len(rows), 1000):
-        chunk = rows[chunk_start : chunk_start + 1000]
-        statement = insert(Rollup).values(list(chunk))
-        keys = ("meter_id", "granularity", "bucket_start")
-        statement = statement.on_conflict_do_update(
-            constraint="rollups_pkey",
-            set_={column: statement.excluded[column] for column in chunk[0] if column not in keys},
-        )
-        await session.execute(statement)
+    if rows:
+        await session.execute(_UPSERT_ROLLUPS, list(rows))
+
+
+def _upsert_rollups() -> Any:
+    statement = insert(Rollup)
+    keys = ("meter_id", "granularity", "bucket_start")
+    return statement.on_conflict_do_update(
+        constraint="rollups_pkey",
+        set_={
+            column.key: statement.excluded[column.key]
+            for column in Rollup.__table__.columns
+            if column.key not in keys
+        },
+    )
+
+
+# One statement, executed with many rows (SQLAlchemy batches them into multi-row VALUES).
+_UPSERT_ROLLUPS = _upsert_rollups()
 
 
 async def rollups(
@@ -143,3 +166,404 @@ async def upsert_site_info(session: AsyncSession, values: dict[str, Any]) -> Non
             where=SiteInfo.update_time <= statement.excluded.update_time,
         )
     )
+
+
+async def rollups_between(
+    session: AsyncSession,
+    meter_id: str,
+    granularities: Sequence[str],
+    start: datetime,
+    end: datetime,
+) -> list[Rollup]:
+    """The meter's stored buckets of the given granularities starting in [start, end)."""
+    result = await session.scalars(
+        select(Rollup).where(
+            Rollup.meter_id == meter_id,
+            Rollup.granularity.in_(granularities),
+            Rollup.bucket_start >= start,
+            Rollup.bucket_start < end,
+        )
+    )
+    return list(result)
+
+
+async def all_rollups(session: AsyncSession, meter_id: str) -> list[Rollup]:
+    return list(await session.scalars(select(Rollup).where(Rollup.meter_id == meter_id)))
+
+
+async def delete_rollups(session: AsyncSession, meter_ids: Sequence[str]) -> None:
+    await session.execute(delete(Rollup).where(Rollup.meter_id.in_(meter_ids)))
+
+
+async def delete_site_rollups(session: AsyncSession, site_id: str) -> None:
+    await session.execute(delete(SiteRollup).where(SiteRollup.site_id == site_id))
+
+
+async def meters_of_site(session: AsyncSession, site_id: str) -> list[MeterInfo]:
+    return await meters_of_sites(session, [site_id])
+
+
+async def meters_of_sites(session: AsyncSession, site_ids: Sequence[str]) -> list[MeterInfo]:
+    result = await session.scalars(
+        select(MeterInfo).where(MeterInfo.site_id.in_(site_ids)).order_by(MeterInfo.id)
+    )
+    return list(result)
+
+
+async def lock_meter_info(session: AsyncSession, meter_id: str) -> MeterInfo | None:
+    """The meter's row, locked for update (with the meter's rollup lock already held)."""
+    result = await session.scalars(
+        select(MeterInfo).where(MeterInfo.id == meter_id).with_for_update()
+    )
+    return result.one_or_none()
+
+
+async def rebuilding_meters(session: AsyncSession) -> list[str]:
+    result = await session.scalars(
+        select(MeterInfo.id).where(MeterInfo.rebuilt_until.is_not(None)).order_by(MeterInfo.id)
+    )
+    return list(result)
+
+
+async def reading_span(
+    session: AsyncSession, meter_id: str, since: datetime
+) -> tuple[int, int] | None:
+    """Times (ms) of the meter's first and last readings at or after `since`."""
+    row = (
+        await session.execute(
+            text(
+                "SELECT (extract(epoch from min(time)) * 1000)::bigint, "
+                "(extract(epoch from max(time)) * 1000)::bigint FROM telemetry.readings "
+                "WHERE meter_id = :meter_id AND time >= :since"
+            ),
+            {"meter_id": meter_id, "since": since},
+        )
+    ).one()
+    if row[0] is None:
+        return None
+    return int(row[0]), int(row[1])
+
+
+async def anomalies_between(
+    session: AsyncSession, meter_id: str, start: datetime, end: datetime
+) -> list[AnomalyRow]:
+    result = await session.scalars(
+        select(AnomalyRow).where(
+            AnomalyRow.meter_id == meter_id,
+            AnomalyRow.start_time >= start,
+            AnomalyRow.start_time < end,
+        )
+    )
+    return list(result)
+
+
+async def delete_anomalies(session: AsyncSession, ids: Sequence[str]) -> None:
+    if ids:
+        await session.execute(delete(AnomalyRow).where(AnomalyRow.id.in_(ids)))
+
+
+async def delete_meter(session: AsyncSession, meter_id: str) -> None:
+    """Everything analytics keeps about a meter (it was purged)."""
+    await session.execute(delete(AnomalyRow).where(AnomalyRow.meter_id == meter_id))
+    await session.execute(delete(Rollup).where(Rollup.meter_id == meter_id))
+    await session.execute(delete(MeterInfo).where(MeterInfo.id == meter_id))
+
+
+# --- queries of the consumption API ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SeriesKey:
+    """What one series sums: a commodity and direction (devices.v1 numbers) in one unit."""
+
+    commodity: int
+    direction: int
+    unit: str
+
+
+_SITE = SiteRollup.__table__.c
+_METER = Rollup.__table__.c
+_METER_INFO = MeterInfo.__table__.c
+_LENGTH_MS = func.extract("epoch", _METER.bucket_end - _METER.bucket_start) * 1000
+
+
+def _pieces(columns: Any, pieces: Sequence[tuple[str, datetime, datetime]]) -> ColumnElement[bool]:
+    """Rows of the given (granularity, first bucket start, end) runs."""
+    return or_(
+        *(
+            and_(
+                columns.granularity == granularity,
+                columns.bucket_start >= start,
+                columns.bucket_start < end,
+            )
+            for granularity, start, end in pieces
+        )
+    )
+
+
+def _bucket(row: Any, start: datetime, end: datetime) -> Bucket:
+    """A Bucket from a grouped row (see _GROUPED_COLUMNS)."""
+    return Bucket(
+        start_ms=to_ms(start),
+        end_ms=to_ms(end),
+        value=float(row.value),
+        covered_ms=int(row.covered_ms),
+        readings=int(row.reading_count),
+        resets=int(row.reset_count),
+        rollovers=int(row.rollover_count),
+        peak_demand=float(row.peak_demand),
+        peak_time_ms=to_ms(row.peak_time),
+        cost=float(row.cost) if row.priced_rows else None,
+        co2_kg=float(row.co2_kg) if row.co2_rows else None,
+        span_ms=int(row.span_ms),
+    )
+
+
+def _sums(columns: Any, span: Any, priced: Any, co2_rows: Any) -> list[Any]:
+    return [
+        func.sum(columns.value).label("value"),
+        func.sum(columns.covered_ms).label("covered_ms"),
+        span.label("span_ms"),
+        func.sum(columns.reading_count).label("reading_count"),
+        func.sum(columns.reset_count).label("reset_count"),
+        func.sum(columns.rollover_count).label("rollover_count"),
+        func.coalesce(func.sum(columns.cost), 0.0).label("cost"),
+        priced.label("priced_rows"),
+        func.coalesce(func.sum(columns.co2_kg), 0.0).label("co2_kg"),
+        co2_rows.label("co2_rows"),
+        func.max(columns.currency).label("currency"),
+        func.count(func.distinct(columns.currency)).label("currencies"),
+        func.max(columns.peak_demand).label("peak_demand"),
+        aggregate_order_by_first(columns.peak_time, columns.peak_demand).label("peak_time"),
+    ]
+
+
+def aggregate_order_by_first(value: Any, by: Any) -> Any:
+    """The value of the row with the highest `by` in a group."""
+    return func.array_agg(aggregate_order_by(value, by.desc()))[1]
+
+
+def _site_sums() -> list[Any]:
+    return _sums(
+        _SITE, func.sum(_SITE.span_ms), func.sum(_SITE.priced_rows), func.sum(_SITE.co2_rows)
+    )
+
+
+def _meter_sums() -> list[Any]:
+    return _sums(
+        _METER,
+        func.sum(_LENGTH_MS),
+        func.count(_METER.cost),
+        func.count(_METER.co2_kg),
+    )
+
+
+@dataclass(frozen=True)
+class Sources:
+    """What a query sums: whole sites (their stored site sums), or single meters (a viewer's
+    meters, read one by one)."""
+
+    site_ids: Sequence[str] = ()
+    meter_ids: Sequence[str] = ()
+
+
+async def grouped_buckets(
+    session: AsyncSession,
+    sources: Sources,
+    granularity: str,
+    start: datetime,
+    end: datetime,
+    commodity: int = 0,
+) -> dict[SeriesKey, tuple[list[Bucket], set[str]]]:
+    """The sources' stored buckets of one granularity starting in [start, end), summed per
+    series and bucket, with the currencies of their costs."""
+    result: dict[SeriesKey, tuple[list[Bucket], set[str]]] = {}
+    for statement in _grouped_statements(sources, granularity, start, end, commodity):
+        for row in await session.execute(statement):
+            key = SeriesKey(int(row.commodity), int(row.direction), str(row.unit))
+            buckets, currencies = result.setdefault(key, ([], set()))
+            buckets.append(_bucket(row, row.bucket_start, row.bucket_end))
+            if row.currency:
+                currencies.add(row.currency)
+                if row.currencies > 1:
+                    currencies.add("")  # several currencies meet in this bucket
+    return result
+
+
+def _grouped_statements(
+    sources: Sources, granularity: str, start: datetime, end: datetime, commodity: int
+) -> list[Select[Any]]:
+    statements = []
+    if sources.site_ids:
+        keys = [_SITE.commodity, _SITE.direction, _SITE.unit, _SITE.bucket_start, _SITE.bucket_end]
+        query = (
+            select(*keys, *_site_sums())
+            .where(
+                _SITE.site_id.in_(sources.site_ids),
+                _SITE.granularity == granularity,
+                _SITE.bucket_start >= start,
+                _SITE.bucket_start < end,
+            )
+            .group_by(*keys)
+            .order_by(*keys)
+        )
+        if commodity:
+            query = query.where(_SITE.commodity == commodity)
+        statements.append(query)
+    if sources.meter_ids:
+        keys = [
+            _METER_INFO.commodity,
+            _METER_INFO.direction,
+            _METER.unit,
+            _METER.bucket_start,
+            _METER.bucket_end,
+        ]
+        query = (
+            select(*keys, *_meter_sums())
+            .join_from(Rollup, MeterInfo, MeterInfo.id == Rollup.meter_id)
+            .where(
+                _METER.meter_id.in_(sources.meter_ids),
+                _METER.granularity == granularity,
+                _METER.bucket_start >= start,
+                _METER.bucket_start < end,
+            )
+            .group_by(*keys)
+            .order_by(*keys)
+        )
+        if commodity:
+            query = query.where(_METER_INFO.commodity == commodity)
+        statements.append(query)
+    return statements
+
+
+@dataclass(frozen=True)
+class Total:
+    """A source's (site's or meter's) sums over a range of one series."""
+
+    source_id: str
+    site_id: str
+    key: SeriesKey
+    bucket: Bucket
+    currencies: frozenset[str]
+
+
+async def totals(
+    session: AsyncSession,
+    sources: Sources,
+    pieces: Sequence[tuple[str, datetime, datetime]],
+    *,
+    per_meter: bool = False,
+    commodity: int = 0,
+    imports_only: bool = False,
+) -> list[Total]:
+    """Sums over the rows of `pieces` (rollups.cover runs), per site and series, or with
+    per_meter per meter and series. The bucket of a Total spans the whole range."""
+    if not pieces:
+        return []
+    lo, hi = min(piece[1] for piece in pieces), max(piece[2] for piece in pieces)
+    found: list[Total] = []
+    if sources.site_ids:
+        keys = [_SITE.site_id, _SITE.commodity, _SITE.direction, _SITE.unit]
+        query = (
+            select(*keys, *_site_sums())
+            .where(_SITE.site_id.in_(sources.site_ids), _pieces(_SITE, pieces))
+            .group_by(*keys)
+        )
+        if commodity:
+            query = query.where(_SITE.commodity == commodity)
+        if imports_only:
+            query = query.where(_SITE.direction != EXPORT)
+        for row in await session.execute(query):
+            found.append(_total(row, str(row.site_id), str(row.site_id), lo, hi))
+    if sources.meter_ids:
+        keys = [
+            _METER.meter_id,
+            _METER_INFO.site_id,
+            _METER_INFO.commodity,
+            _METER_INFO.direction,
+            _METER.unit,
+        ]
+        group = keys if per_meter else keys[1:]
+        query = (
+            select(*group, *_meter_sums())
+            .join_from(Rollup, MeterInfo, MeterInfo.id == Rollup.meter_id)
+            .where(_METER.meter_id.in_(sources.meter_ids), _pieces(_METER, pieces))
+            .group_by(*group)
+        )
+        if commodity:
+            query = query.where(_METER_INFO.commodity == commodity)
+        if imports_only:
+            query = query.where(_METER_INFO.direction != EXPORT)
+        for row in await session.execute(query):
+            source = str(row.meter_id) if per_meter else str(row.site_id)
+            found.append(_total(row, source, str(row.site_id), lo, hi))
+    return found
+
+
+def _total(row: Any, source_id: str, site_id: str, lo: datetime, hi: datetime) -> Total:
+    currencies = {row.currency} if row.currency else set()
+    if row.currencies > 1:
+        currencies.add("")
+    return Total(
+        source_id=source_id,
+        site_id=site_id,
+        key=SeriesKey(int(row.commodity), int(row.direction), str(row.unit)),
+        bucket=_bucket(row, lo, hi),
+        currencies=frozenset(currencies),
+    )
+
+
+async def sites_of_organization(session: AsyncSession, organization_id: str) -> list[SiteInfo]:
+    result = await session.scalars(
+        select(SiteInfo).where(SiteInfo.organization_id == organization_id).order_by(SiteInfo.id)
+    )
+    return list(result)
+
+
+async def meter_infos(session: AsyncSession, meter_ids: Sequence[str]) -> list[MeterInfo]:
+    result = await session.scalars(
+        select(MeterInfo).where(MeterInfo.id.in_(meter_ids)).order_by(MeterInfo.id)
+    )
+    return list(result)
+
+
+async def sites(session: AsyncSession, site_ids: Sequence[str]) -> list[SiteInfo]:
+    result = await session.scalars(select(SiteInfo).where(SiteInfo.id.in_(site_ids)))
+    return list(result)
+
+
+async def last_hour_with_readings(session: AsyncSession, meter_id: str) -> datetime | None:
+    return await session.scalar(
+        select(func.max(Rollup.bucket_start)).where(
+            Rollup.meter_id == meter_id,
+            Rollup.granularity == "HOUR",
+            Rollup.reading_count > 0,
+        )
+    )
+
+
+async def list_anomalies(
+    session: AsyncSession,
+    organization_id: str,
+    *,
+    meter_ids: Sequence[str] | None,
+    site_id: str | None,
+    start: datetime | None,
+    end: datetime | None,
+    after: tuple[datetime, str] | None,
+    limit: int,
+) -> list[AnomalyRow]:
+    """Anomalies newest first (start_time, then id, descending), after a keyset position."""
+    query = select(AnomalyRow).where(AnomalyRow.organization_id == organization_id)
+    if meter_ids is not None:
+        query = query.where(AnomalyRow.meter_id.in_(meter_ids))
+    if site_id is not None:
+        query = query.where(AnomalyRow.site_id == site_id)
+    if start is not None:
+        query = query.where(AnomalyRow.start_time >= start)
+    if end is not None:
+        query = query.where(AnomalyRow.start_time < end)
+    if after is not None:
+        query = query.where(tuple_(AnomalyRow.start_time, AnomalyRow.id) < after)
+    query = query.order_by(AnomalyRow.start_time.desc(), AnomalyRow.id.desc()).limit(limit)
+    return list(await session.scalars(query))

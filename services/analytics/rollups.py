@@ -50,7 +50,7 @@ import bisect
 import itertools
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from enum import Enum
 from functools import lru_cache
@@ -173,7 +173,8 @@ class Bucket:
     counter resets and wraps revealed by a reading inside the bucket. peak_demand: the highest
     quarter-hour average rate (kW or m3/h) and peak_time_ms the start of that quarter hour.
     cost / co2_kg: the priced amounts (services/analytics/pricing.py), None where unpriced;
-    coarser buckets sum the known ones.
+    coarser buckets sum the known ones. span_ms: the time expected to be covered, for sums of
+    several meters (each meter's bucket length); None: the bucket's length.
     """
 
     start_ms: int
@@ -187,11 +188,17 @@ class Bucket:
     peak_time_ms: int
     cost: float | None = None
     co2_kg: float | None = None
+    span_ms: int | None = None
+
+    @property
+    def expected_ms(self) -> int:
+        return self.span_ms if self.span_ms is not None else self.end_ms - self.start_ms
 
     @property
     def completeness(self) -> float:
-        """Share of the bucket's time covered by readings, 0 to 1."""
-        return min(1.0, self.covered_ms / (self.end_ms - self.start_ms))
+        """Share of the bucket's expected time covered by readings, 0 to 1."""
+        expected = self.expected_ms
+        return min(1.0, self.covered_ms / expected) if expected > 0 else 0.0
 
 
 # --- time zones and bucket boundaries ----------------------------------------------------------
@@ -512,7 +519,8 @@ def aggregate(
     The coarser buckets are unions of the quarter hours of the site's own zone, or of any zone
     whose offsets are whole quarter hours from it (a query's zone override). A bucket only
     partly covered by the quarter hours given keeps its full span, so its completeness shows
-    the missing part.
+    the missing part (buckets that are sums of several meters carry their span_ms, and the
+    coarser bucket the sum of the spans given).
     """
     tz = _zone(time_zone) if isinstance(time_zone, str) else time_zone
     if granularity is Granularity.QUARTER_HOUR:
@@ -537,6 +545,11 @@ def aggregate(
                 peak_time_ms=peak.peak_time_ms,
                 cost=known_sum(q.cost for q in members),
                 co2_kg=known_sum(q.co2_kg for q in members),
+                span_ms=(
+                    sum(q.expected_ms for q in members)
+                    if any(q.span_ms is not None for q in members)
+                    else None
+                ),
             )
         )
     return result
@@ -548,16 +561,70 @@ def known_sum(amounts: Iterable[float | None]) -> float | None:
     return math.fsum(known) if known else None
 
 
-def net(imported: Sequence[Bucket], exported: Sequence[Bucket]) -> list[tuple[int, int, float]]:
-    """Import minus export per bucket (start, end, net amount), for netting on request; both
-    sequences are buckets of the same partition. Negative where the site fed in more."""
-    out: dict[tuple[int, int], float] = {}
-    for bucket in imported:
-        out[(bucket.start_ms, bucket.end_ms)] = out.get((bucket.start_ms, bucket.end_ms), 0.0) + (
-            bucket.value
-        )
-    for bucket in exported:
-        out[(bucket.start_ms, bucket.end_ms)] = out.get((bucket.start_ms, bucket.end_ms), 0.0) - (
-            bucket.value
-        )
-    return [(start, end, value) for (start, end), value in sorted(out.items())]
+def merge(sources: Iterable[Sequence[Bucket]]) -> list[Bucket]:
+    """Buckets of several sources (meters, sites) over one partition, summed per bucket:
+    amounts, covered and expected time, counts, cost and CO2. Sources are not metered
+    together, so the peak is the highest of their own peaks."""
+    groups: dict[tuple[int, int], list[Bucket]] = {}
+    for buckets in sources:
+        for bucket in buckets:
+            groups.setdefault((bucket.start_ms, bucket.end_ms), []).append(bucket)
+    return [_sum_of(start, end, groups[(start, end)]) for start, end in sorted(groups)]
+
+
+def _sum_of(start_ms: int, end_ms: int, members: Sequence[Bucket]) -> Bucket:
+    peak = max(members, key=lambda b: (b.peak_demand, -b.peak_time_ms))
+    return Bucket(
+        start_ms=start_ms,
+        end_ms=end_ms,
+        value=math.fsum(b.value for b in members),
+        covered_ms=sum(b.covered_ms for b in members),
+        readings=sum(b.readings for b in members),
+        resets=sum(b.resets for b in members),
+        rollovers=sum(b.rollovers for b in members),
+        peak_demand=peak.peak_demand,
+        peak_time_ms=peak.peak_time_ms,
+        cost=known_sum(b.cost for b in members),
+        co2_kg=known_sum(b.co2_kg for b in members),
+        span_ms=sum(b.expected_ms for b in members),
+    )
+
+
+def net(imported: Sequence[Bucket], exported: Sequence[Bucket]) -> list[Bucket]:
+    """Import minus export per bucket of one partition (negative where more was fed in). The
+    cost adds up (export is a credit, a negative cost), CO2 is the import's (export carries
+    none), completeness covers both, and the peak is the import's."""
+    negated = [
+        replace(bucket, value=-bucket.value, peak_demand=0.0, peak_time_ms=bucket.start_ms)
+        for bucket in exported
+    ]
+    return merge([imported, negated])
+
+
+# Stored granularities, coarsest first: what `cover` tiles a range with.
+COVER_LEVELS = (Granularity.MONTH, Granularity.DAY, Granularity.HOUR, Granularity.QUARTER_HOUR)
+
+
+def cover(start_ms: int, end_ms: int, tz: ZoneInfo) -> list[tuple[Granularity, int, int]]:
+    """The fewest stored buckets of zone tz (months, days, hours, quarter hours) that tile
+    [start_ms, end_ms) exactly, as runs (granularity, first bucket's start, last bucket's
+    end). The range must be aligned to quarter hours (aligned_range)."""
+    pieces: list[tuple[Granularity, int, int]] = []
+
+    def fill(lo: int, hi: int, level: int) -> None:
+        if lo >= hi or level == len(COVER_LEVELS):
+            return
+        granularity = COVER_LEVELS[level]
+        first = bucket_start(lo, granularity, tz)
+        if first < lo:
+            first = bucket_end(first, granularity, tz)
+        last = bucket_start(hi, granularity, tz)
+        if first >= last:
+            fill(lo, hi, level + 1)
+            return
+        fill(lo, first, level + 1)
+        pieces.append((granularity, first, last))
+        fill(last, hi, level + 1)
+
+    fill(start_ms, end_ms, 0)
+    return pieces

@@ -75,6 +75,48 @@ class DeviceRegistry:
         self._meters[key] = (meter, time.monotonic())
         return meter
 
+    async def visible_site(
+        self, caller: Caller, authorization: str, site_id: str
+    ) -> devices_pb2.Site:
+        """The site as the caller may see it (GetSite on their behalf: another organization's,
+        or one holding none of a viewer's meters, is NotFound)."""
+        try:
+            site = await self.call(
+                f"site {site_id!r}",
+                lambda: self.stub.GetSite(
+                    devices_pb2.GetSiteRequest(site_id=site_id),
+                    metadata=self.metadata(authorization),
+                    timeout=TIMEOUT_SECONDS,
+                ),
+            )
+        except NotFound:
+            site = None
+        if site is None or site.organization_id != caller.organization_id:
+            raise NotFound(f"site {site_id!r} not found", metadata={"resource": "site"})
+        return site
+
+    async def visible_meters(
+        self, authorization: str, site_id: str = ""
+    ) -> list[devices_pb2.Meter]:
+        """Every meter the caller may see (a viewer: those assigned to them), decommissioned
+        ones included, optionally of one site."""
+        meters: list[devices_pb2.Meter] = []
+        token = ""
+        while True:
+            request = devices_pb2.ListMetersRequest(
+                page_size=1000, page_token=token, site_id=site_id, show_decommissioned=True
+            )
+            page = await self.call(
+                "meters",
+                lambda request=request: self.stub.ListMeters(  # type: ignore[misc]
+                    request, metadata=self.metadata(authorization), timeout=TIMEOUT_SECONDS
+                ),
+            )
+            meters.extend(page.meters)
+            token = page.next_page_token
+            if not token:
+                return meters
+
     def forget_meter(self, meter_id: str) -> None:
         """Drops cached lookups of a meter that changed (reassigned, decommissioned ...)."""
         for key in [key for key in self._meters if key[2] == meter_id]:

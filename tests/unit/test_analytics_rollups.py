@@ -24,6 +24,7 @@ from services.analytics.rollups import (
     bucket_end,
     bucket_spans,
     bucket_start,
+    cover,
     local_midnight_ms,
     net,
     normalise_unit,
@@ -414,4 +415,32 @@ def test_net_subtracts_export_from_import() -> None:
     exported = quarter_hours(
         [Reading(T0, 0.0), Reading(T0 + QUARTER_HOUR_MS, 7.0)], spec, T0, T0 + QUARTER_HOUR_MS
     )
-    assert net(imported, exported) == [(T0, T0 + QUARTER_HOUR_MS, -2.0)]
+    (netted,) = net(imported, exported)
+    assert (netted.start_ms, netted.end_ms, netted.value) == (T0, T0 + QUARTER_HOUR_MS, -2.0)
+    assert netted.completeness == 1.0
+    assert netted.peak_demand == imported[0].peak_demand
+
+
+def test_cover_tiles_a_range_with_the_coarsest_buckets() -> None:
+    zone = ZoneInfo("Europe/Berlin")
+    start = local_midnight_ms(date(2026, 3, 28), zone) + 3 * 3_600_000 + QUARTER_HOUR_MS
+    end = local_midnight_ms(date(2026, 6, 2), zone) + 3_600_000
+    pieces = cover(start, end, zone)
+    assert [granularity for granularity, _, _ in pieces] == [
+        Granularity.QUARTER_HOUR,
+        Granularity.HOUR,
+        Granularity.DAY,
+        Granularity.MONTH,
+        Granularity.DAY,
+        Granularity.HOUR,
+    ]
+    # The runs are contiguous and tile the range exactly.
+    assert pieces[0][1] == start and pieces[-1][2] == end
+    for (_, _, previous_end), (_, next_start, _) in itertools.pairwise(pieces):
+        assert previous_end == next_start
+    # The month run is April and May (local months).
+    month = next(piece for piece in pieces if piece[0] is Granularity.MONTH)
+    assert month[1:] == (
+        local_midnight_ms(date(2026, 4, 1), zone),
+        local_midnight_ms(date(2026, 6, 1), zone),
+    )
