@@ -258,20 +258,26 @@ async def test_a_late_reading_that_makes_the_hours_normal_removes_their_anomalie
 
     await write_readings(http, admin, meter, [times[missing]], [values[missing]])
     await wait_for(
+        lambda: consumption(http, admin, meter, seven, eight + HOUR_MS, "GRANULARITY_HOUR"),
+        lambda s: [round(p["value"], 9) for p in s["points"]] == [7.0, 1.0],
+        "the hours recomputed with the late reading",
+        WAIT,
+    )
+    await wait_for(
         lambda: list_anomalies(http, admin, meterId=meter),
         lambda found: found == [],
         "the anomalies removed",
         WAIT,
     )
-    hours = await consumption(http, admin, meter, seven, eight + HOUR_MS, "GRANULARITY_HOUR")
-    assert [round(p["value"], 9) for p in hours["points"]] == [7.0, 1.0]
 
 
 # --- forecasts ---------------------------------------------------------------------------------
 
 
 def weekly(moment_ms: int) -> float:
-    return profile(moment_ms) + 0.3 * ((moment_ms // HOUR_MS) % 5 == 0)
+    """The office profile with a bump every fifth hour of the (local) week."""
+    local = datetime.fromtimestamp(moment_ms / 1000, BERLIN)
+    return profile(moment_ms) + 0.3 * ((local.weekday() * 24 + local.hour) % 5 == 0)
 
 
 async def hourly_meter(
@@ -296,7 +302,8 @@ async def test_a_weekly_periodic_meter_is_forecast_as_its_pattern(
     admin = await register(http, "Analytics Forecasts")
     site = (await create_site(http, admin, timeZone="Europe/Berlin"))["siteId"]
     # Four weeks where the pattern repeats exactly (weekly() repeats every 168 hours).
-    assert all(weekly(t) == weekly(t + WEEK_MS) for t in range(0, WEEK_MS, HOUR_MS))
+    lo = local_midnight(FIRST_DAY)
+    assert all(weekly(t) == weekly(t + WEEK_MS) for t in range(lo, lo + WEEK_MS, HOUR_MS))
     meter, end = await hourly_meter(http, admin, site, FIRST_DAY, 28)
 
     async def forecast(**params: Any) -> httpx.Response:
