@@ -21,7 +21,7 @@ import json
 import logging
 import math
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -34,7 +34,7 @@ from energymesh.analytics.v1 import events_pb2
 from energymesh.devices.v1 import devices_pb2
 from energymesh.devices.v1 import events_pb2 as devices_events_pb2
 from energymesh.telemetry.v1 import events_pb2 as telemetry_events_pb2
-from services.analytics import aggregates, pricing, repository
+from services.analytics import aggregates, repository
 from services.analytics.anomalies import detect
 from services.analytics.events import (
     ANOMALY_DETECTED,
@@ -46,6 +46,7 @@ from services.analytics.events import (
     SITE_UPDATED,
 )
 from services.analytics.models import AnomalyRow, MeterInfo, SiteInfo
+from services.analytics.recompute import Change, Recomputed, merged, recompute
 from services.analytics.rollups import (
     MS_PER_HOUR,
     QUARTER_HOUR_MS,
@@ -53,16 +54,12 @@ from services.analytics.rollups import (
     MeterSpec,
     RegisterType,
     UnknownUnitError,
-    affected_range,
-    aggregate,
     aligned_range,
     bucket_end,
     bucket_start,
     normalise_unit,
-    quarter_hours,
-    window,
 )
-from services.analytics.rows import anomaly_to_proto, rollup_row, row_values, to_datetime, to_ms
+from services.analytics.rows import anomaly_to_proto, row_values, to_datetime, to_ms
 from services.kernel.database import Database
 from services.kernel.errors import is_uuid
 from services.kernel.messaging import PoisonMessage
@@ -125,104 +122,74 @@ class RollupMaintainer:
     # --- telemetry.readings.committed ---------------------------------------------------------
 
     async def on_readings_committed(self, message: Msg) -> None:
-        try:
-            committed = json_format.Parse(
-                message.data,
-                telemetry_events_pb2.ReadingsCommitted(),
-                ignore_unknown_fields=True,
-            )
-        except (json_format.ParseError, UnicodeDecodeError) as error:
-            raise PoisonMessage(f"not a ReadingsCommitted: {error}") from error
-        if not is_uuid(committed.meter_id) or not committed.HasField("first_time"):
-            raise PoisonMessage("ReadingsCommitted without a meter id or first time")
-        first = to_ms(committed.first_time.ToDatetime(tzinfo=UTC))
-        last = (
-            to_ms(committed.last_time.ToDatetime(tzinfo=UTC))
-            if committed.HasField("last_time")
-            else first
-        )
-        await self.recompute(committed.meter_id, first, max(first, last))
-        self.stats.applied_events += 1
-        self.stats.applied_readings += committed.count
-        self.stats.last_apply_time = datetime.now(UTC)
-        published = message.metadata.timestamp
-        if published is not None:
-            lag = self.stats.last_apply_time - published
-            self.stats.last_lag_seconds = max(0.0, lag.total_seconds())
+        await self.on_readings_batch([message])
 
-    async def recompute(self, meter_id: str, first_ms: int, last_ms: int) -> int:
-        """Recomputes every stored bucket that readings timed first_ms..last_ms affect, in one
-        transaction under the meter's lock. Returns how many meter rows were written."""
+    async def on_readings_batch(self, messages: Sequence[Msg]) -> None:
+        """Applies a batch of committed-readings events in one transaction. Raises on any
+        malformed event (the consumer then handles the messages one by one)."""
+        changes, readings = [], 0
+        for message in messages:
+            committed = _parse_committed(message.data)
+            first = to_ms(committed.first_time.ToDatetime(tzinfo=UTC))
+            last = first
+            if committed.HasField("last_time"):
+                last = max(first, to_ms(committed.last_time.ToDatetime(tzinfo=UTC)))
+            changes.append(Change(committed.meter_id, first, last))
+            readings += committed.count
+        await self.recompute(changes)
+        stats = self.stats
+        stats.applied_events += len(messages)
+        stats.applied_readings += readings
+        stats.last_apply_time = datetime.now(UTC)
+        published = messages[-1].metadata.timestamp
+        if published is not None:
+            stats.last_lag_seconds = max(0.0, (stats.last_apply_time - published).total_seconds())
+
+    async def recompute(self, changes: Sequence[Change]) -> list[Recomputed]:
+        """Recomputes every stored bucket the changes affect, in one transaction under the
+        meters' locks; then checks the recomputed hours for anomalies."""
+        changes = merged(changes)
         async with self.database.transaction() as session:
-            await repository.lock_meter(session, meter_id)
-            meter = await repository.meter_info(session, meter_id)
+            await repository.lock_meters(session, [change.meter_id for change in changes])
+            meters, sites, specs = await self._known(session, [c.meter_id for c in changes])
+            done = await recompute(session, changes, meters, sites, specs)
+            for item in done:
+                await self._check_anomalies(session, item)
+        return done
+
+    async def _known(
+        self, session: AsyncSession, meter_ids: Sequence[str]
+    ) -> tuple[dict[str, MeterInfo], dict[str, SiteInfo], dict[str, tuple[MeterSpec, str]]]:
+        """The meters, their sites and specs; NotYetKnown while one has not arrived from the
+        registry's events."""
+        meters = {meter.id: meter for meter in await repository.meter_infos(session, meter_ids)}
+        sites = {
+            site.id: site
+            for site in await repository.sites(session, list({m.site_id for m in meters.values()}))
+        }
+        specs = {}
+        for meter_id in meter_ids:
+            meter = meters.get(meter_id)
             if meter is None:
                 raise NotYetKnown(f"meter {meter_id} is not known yet")
-            site = await repository.site_info(session, meter.site_id)
+            site = sites.get(meter.site_id)
             if site is None:
                 raise NotYetKnown(f"site {meter.site_id} is not known yet")
-            return await self._recompute(session, meter, site, first_ms, last_ms)
-
-    async def _recompute(
-        self, session: AsyncSession, meter: MeterInfo, site: SiteInfo, first_ms: int, last_ms: int
-    ) -> int:
-        """The quarter hours of rollups.affected_range, widened to whole local days so that
-        the hours and days holding them are rebuilt from complete quarter hours; then the
-        months holding those days, the site sums and the anomalies of the changed hours.
-        Idempotent. The caller holds the meter's lock."""
-        spec = spec_of(meter, site.time_zone)
-        try:
-            unit = normalise_unit(spec.unit).canonical
-        except UnknownUnitError as error:
-            raise PoisonMessage(str(error)) from error
-        previous = await repository.reading_before(session, meter.id, to_datetime(first_ms))
-        following = await repository.reading_after(session, meter.id, to_datetime(last_ms))
-        lo, hi = affected_range(spec, first_ms, last_ms, previous, following)
-        day_lo, day_hi = aligned_range(lo, hi, Granularity.DAY, spec.zone)
-        # INTERVAL readings up to one interval after the range still report on it.
-        fetched = await repository.readings_window(
-            session,
-            meter.id,
-            to_datetime(day_lo),
-            to_datetime(day_hi + spec.expected_interval_ms),
-        )
-        quarters = quarter_hours(window(fetched, spec, day_lo, day_hi), spec, day_lo, day_hi)
-        # Cost and CO2 per quarter hour; hours and days sum them (aggregate).
-        quarters, prices = await pricing.price_recomputed(session, meter, site.time_zone, quarters)
-        currency = prices.currency
-        rows = [rollup_row(meter, Granularity.QUARTER_HOUR, q, unit, currency) for q in quarters]
-        for granularity in (Granularity.HOUR, Granularity.DAY):
-            rows.extend(
-                rollup_row(meter, granularity, bucket, unit, currency)
-                for bucket in aggregate(quarters, granularity, spec.zone)
-            )
-        stored = await repository.rollups_between(
-            session,
-            meter.id,
-            [g.value for g in (Granularity.QUARTER_HOUR, Granularity.HOUR, Granularity.DAY)],
-            to_datetime(day_lo),
-            to_datetime(day_hi),
-        )
-        old_rows = [row_values(row) for row in stored]
-        await repository.upsert_rollups(session, rows)
-        # Tiers: the rest of the month is repriced (it keeps its own sums in step).
-        await pricing.reprice_rest_of_month(session, meter, prices, day_hi)
-        old_months, new_months = await aggregates.refresh_months(
-            session, meter, site.time_zone, day_lo, day_hi
-        )
-        await aggregates.apply_changes(session, meter, old_rows + old_months, rows + new_months)
-        await self._check_anomalies(session, meter, site, unit, lo, hi)
-        return len(rows) + len(new_months)
+            spec = spec_of(meter, site.time_zone)
+            try:
+                specs[meter_id] = (spec, normalise_unit(spec.unit).canonical)
+            except UnknownUnitError as error:
+                raise PoisonMessage(str(error)) from error
+        return meters, sites, specs
 
     # --- anomalies ---------------------------------------------------------------------------
 
-    async def _check_anomalies(
-        self, session: AsyncSession, meter: MeterInfo, site: SiteInfo, unit: str, lo: int, hi: int
-    ) -> None:
-        """Judges the recomputed hours [lo, hi) against their hour-of-week history: stores the
+    async def _check_anomalies(self, session: AsyncSession, recomputed: Recomputed) -> None:
+        """Judges the recomputed hours against their hour-of-week history: stores the
         anomalies found (publishing each new one once) and removes those no longer found."""
-        zone = spec_of(meter, site.time_zone).zone
-        hour_lo, hour_hi = aligned_range(lo, hi, Granularity.HOUR, zone)
+        meter, site, unit = recomputed.meter, recomputed.site, recomputed.unit
+        zone = recomputed.spec.zone
+        hour_lo, hour_hi = aligned_range(recomputed.lo, recomputed.hi, Granularity.HOUR, zone)
         history = await repository.rollups(
             session,
             meter.id,
@@ -407,11 +374,13 @@ class RollupMaintainer:
                     meter.rebuilt_until = None
                     log.info("rebuilt the rollups of meter %s", meter_id)
                     return
-                zone = spec_of(meter, site.time_zone).zone
+                spec = spec_of(meter, site.time_zone)
                 first, last = span
-                month = bucket_start(first, Granularity.MONTH, zone)
-                month_end = bucket_end(month, Granularity.MONTH, zone)
-                await self._recompute(session, meter, site, first, min(last, month_end - 1))
+                month = bucket_start(first, Granularity.MONTH, spec.zone)
+                month_end = bucket_end(month, Granularity.MONTH, spec.zone)
+                change = Change(meter_id, first, min(last, month_end - 1))
+                specs = {meter_id: (spec, normalise_unit(spec.unit).canonical)}
+                await recompute(session, [change], {meter_id: meter}, {site.id: site}, specs)
                 meter.rebuilt_until = to_datetime(month_end)
             if progress is not None:
                 await progress()
@@ -436,6 +405,18 @@ class RollupMaintainer:
     async def rebuilding(self) -> int:
         async with self.database.transaction() as session:
             return len(await repository.rebuilding_meters(session))
+
+
+def _parse_committed(data: bytes) -> telemetry_events_pb2.ReadingsCommitted:
+    try:
+        committed = json_format.Parse(
+            data, telemetry_events_pb2.ReadingsCommitted(), ignore_unknown_fields=True
+        )
+    except (json_format.ParseError, UnicodeDecodeError) as error:
+        raise PoisonMessage(f"not a ReadingsCommitted: {error}") from error
+    if not is_uuid(committed.meter_id) or not committed.HasField("first_time"):
+        raise PoisonMessage("ReadingsCommitted without a meter id or first time")
+    return committed
 
 
 def _parse(data: Any, message: Resource) -> Resource:

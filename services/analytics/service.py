@@ -5,6 +5,7 @@ resumption of interrupted rebuilds)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import timedelta
 
 import grpc
@@ -49,17 +50,25 @@ async def setup(kernel: Kernel) -> Registration:
         await maintainer.on_readings_committed(message)
         outbox.wake()  # anomalies found
 
+    async def apply_readings_batch(messages: Sequence[Msg]) -> None:
+        await maintainer.on_readings_batch(messages)
+        outbox.wake()
+
     async def apply_device_event(message: Msg) -> None:
         await maintainer.on_device_event(message)
 
     # Durable, shared by every replica: each event is applied once per service, not per process
     # (the tables are shared). Meters and sites come first in time, but the two consumers are
     # independent: a reading event for a meter not yet known is retried with backoff.
+    # Batches of events are applied in one transaction (the buckets of all their meters at
+    # once); that is what lets the rollups keep up with ingest.
     rollup_consumer = Consumer(
         stream=TELEMETRY_STREAM.name,
         durable="analytics-rollups",
         subject=READINGS_COMMITTED,
         handler=apply_readings,
+        batch=256,
+        batch_handler=apply_readings_batch,
     )
     device_consumer = Consumer(
         stream=DEVICES_STREAM.name,

@@ -107,6 +107,7 @@ async def declare_streams(js: JetStreamContext, streams: Sequence[Stream]) -> No
 
 
 MessageHandler = Callable[[Msg], Awaitable[None]]
+BatchHandler = Callable[[Sequence[Msg]], Awaitable[None]]
 
 
 class PoisonMessage(Exception):
@@ -124,6 +125,9 @@ class Consumer:
     # Redelivery delays, in seconds, after each failed attempt.
     backoff: tuple[float, ...] = (1, 2, 5, 10, 30, 60, 120)
     batch: int = 64
+    # Handles every message of a fetched batch at once (one transaction for all of them),
+    # acked together after it returns. If it fails, the batch is handled message by message.
+    batch_handler: BatchHandler | None = None
 
     @property
     def dead_letter_subject(self) -> str:
@@ -167,6 +171,15 @@ async def _consume(messaging: Messaging, consumer: Consumer) -> None:
             log.warning("consumer %s: fetch failed (%s)", consumer.durable, exc)
             await asyncio.sleep(1)
             continue
+        if consumer.batch_handler is not None and len(messages) > 1:
+            try:
+                await consumer.batch_handler(messages)
+            except Exception as error:
+                log.info("consumer %s: batch failed (%s); one by one", consumer.durable, error)
+            else:
+                for message in messages:
+                    await message.ack()
+                continue
         for message in messages:
             await _handle(js, consumer, message)
 
