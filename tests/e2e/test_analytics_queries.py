@@ -827,6 +827,8 @@ async def test_bad_input_is_400_with_field_violations_for_every_query(
     meter = (await create_meter(http, admin, site))["meterId"]
     malformed = "not-a-uuid"
 
+    await expect_bad(http, admin, f"/v1/meters/{meter}/consumption", RANGE_CASES)
+    await expect_bad(http, admin, f"/v1/meters/{malformed}/consumption", [(RANGE, {"meter_id"})])
     await expect_bad(http, admin, f"/v1/sites/{site}/consumption", RANGE_CASES)
     await expect_bad(http, admin, f"/v1/sites/{malformed}/consumption", [(RANGE, {"site_id"})])
     await expect_bad(http, admin, "/v1/consumption", RANGE_CASES)
