@@ -16,6 +16,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import httpx
+import psycopg
 import pytest
 from nats.aio.client import Client
 
@@ -32,9 +33,11 @@ from tests.e2e.analytics_steps import (
     local_day_start,
     local_hour_start,
     local_midnight,
+    only_series,
     parse_ms,
     quarter_starts,
     same_values,
+    site_consumption,
     sum_by,
     values_by_start,
     wait_for,
@@ -42,10 +45,9 @@ from tests.e2e.analytics_steps import (
     write_readings,
 )
 from tests.e2e.device_steps import create_meter, create_site
-from tests.e2e.helpers import Account, find_event, register
+from tests.e2e.helpers import Account, eventually, find_event, register
 
 WAIT = 60
-BATCH = 500
 
 
 def local_week_start(moment_ms: int, zone: ZoneInfo = BERLIN) -> int:
@@ -321,11 +323,23 @@ async def test_a_committed_readings_event_delivered_twice_changes_nothing(
 # --- the analytics process killed while it works through a backlog -----------------------------
 
 
-async def test_analytics_killed_mid_backlog_then_restarted_gives_exact_totals(
+async def analytics_writing(database_url: str) -> bool:
+    """Whether the analytics service has a write transaction open (the rollups of a batch of
+    events being stored): only used to pick the moment to kill it."""
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as watcher:
+        cursor = await watcher.execute(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE application_name = 'energymesh-analytics' AND backend_xid IS NOT NULL"
+        )
+        row = await cursor.fetchone()
+    return bool(row and row[0])
+
+
+async def test_analytics_killed_mid_batch_then_restarted_gives_exact_totals(
     mesh: Mesh, http: httpx.AsyncClient
 ) -> None:
     admin, site = await new_site(http)
-    meters = [(await create_meter(http, admin, site))["meterId"] for _ in range(4)]
+    meters = [(await create_meter(http, admin, site))["meterId"] for _ in range(6)]
 
     async def known() -> list[int]:
         """Analytics learns meters from the registry's events: 200 once it knows them."""
@@ -352,55 +366,41 @@ async def test_analytics_killed_mid_backlog_then_restarted_gives_exact_totals(
         meter: [0.1 + ((i * (k + 3)) % 17) * 0.03 for i in range(len(starts))]
         for k, meter in enumerate(meters)
     }
-    expected_months = {
-        meter: sum_by(starts, values, local_month_start) for meter, values in amounts.items()
-    }
 
-    # Analytics down: the readings (2,977 per meter, in batches of 500) pile up as events.
+    # Analytics down while a month of readings for each meter (17,862 in all) is committed:
+    # a backlog of events waits for it.
     mesh.signal_service("analytics", signal.SIGKILL)
     mesh.wait_service("analytics", timeout=10)
     try:
         for meter, values in amounts.items():
-            readings = counter(values)
-            times = [*starts, hi]
-            for i in range(0, len(times), BATCH):
-                await write_readings(
-                    http, admin, meter, times[i : i + BATCH], readings[i : i + BATCH]
-                )
+            await write_readings(http, admin, meter, [*starts, hi], counter(values))
     finally:
         mesh.restart_service("analytics")
-
-    async def done() -> list[bool]:
-        return [
-            same_values(
-                values_by_start(await consumption(http, admin, m, lo, hi, "GRANULARITY_MONTH")),
-                expected_months[m],
-            )
-            for m in meters
-        ]
-
-    # Killed again as soon as the first results show, while the rest is being applied.
-    await wait_for(
-        lambda: consumption(http, admin, meters[0], lo, hi, "GRANULARITY_DAY"),
-        lambda s: any(p["value"] > 0 for p in s["points"]),
-        "the first rollups of the backlog",
-        WAIT * 2,
-    )
-    complete_before_kill = await done()
+    # Killed again while it stores the rollups of a batch of those events.
+    await eventually(lambda: analytics_writing(mesh.database_url), wait_seconds=WAIT)
     mesh.signal_service("analytics", signal.SIGKILL)
     mesh.wait_service("analytics", timeout=10)
     mesh.restart_service("analytics")
-    print(f"meters complete when killed: {sum(complete_before_kill)} of {len(meters)}")
-    assert not all(complete_before_kill)
+
+    async def every_meter() -> list[dict[str, Any]]:
+        return [
+            await consumption(http, admin, meter, lo, hi, "GRANULARITY_MONTH") for meter in meters
+        ]
 
     # What the killed process had fetched but not acknowledged comes back after the consumer's
     # ack wait (a minute): most of this test's time.
-    await wait_for(done, all, "every meter's months exact after the restart", WAIT * 3)
-
+    await wait_for(
+        every_meter,
+        lambda found: all(
+            same_values(values_by_start(series), sum_by(starts, amounts[m], local_month_start))
+            for series, m in zip(found, meters, strict=True)
+        ),
+        "every meter's month exact after the restart",
+        WAIT * 3,
+    )
     for meter, values in amounts.items():
-        await wait_for_series(
-            http, admin, meter, lo, hi, "GRANULARITY_DAY", sum_by(starts, values, local_day_start)
-        )
+        days = await consumption(http, admin, meter, lo, hi)
+        assert same_values(values_by_start(days), sum_by(starts, values, local_day_start))
         hours = await consumption(
             http,
             admin,
@@ -410,6 +410,22 @@ async def test_analytics_killed_mid_backlog_then_restarted_gives_exact_totals(
             "GRANULARITY_HOUR",
         )
         assert len(hours["points"]) == 23
+        assert same_values(
+            values_by_start(hours),
+            {
+                k: v
+                for k, v in sum_by(starts, values, lambda t: local_hour_start(t, BERLIN)).items()
+                if local_midnight(date(2026, 3, 29)) <= k < local_midnight(date(2026, 3, 30))
+            },
+        )
+    # The site's sums too.
+    site_days = await site_consumption(http, admin, site, lo, hi)
+    assert same_values(
+        values_by_start(only_series(site_days)),
+        sum_by(
+            starts, [math.fsum(v) for v in zip(*amounts.values(), strict=True)], local_day_start
+        ),
+    )
 
 
 # --- irregular readings against a plain computation --------------------------------------------
