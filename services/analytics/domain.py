@@ -42,7 +42,7 @@ from services.analytics.rollups import (
     net,
     normalise_unit,
 )
-from services.analytics.rows import bucket_of, to_datetime, to_ms
+from services.analytics.rows import to_datetime, to_ms
 from services.kernel.context import Caller, Role
 from services.kernel.database import Database
 from services.kernel.errors import (
@@ -380,13 +380,11 @@ class Analytics:
                 stored = granularity
             else:
                 stored = Granularity.DAY
-            rows = await repository.rollups(
+            buckets, currency = await repository.meter_buckets(
                 session, meter.meter_id, stored.value, to_datetime(lo), to_datetime(hi)
             )
-        buckets = [bucket_of(row) for row in rows]
         if stored is not granularity:
             buckets = aggregate(buckets, granularity, zone)
-        currency = next((row.currency for row in rows if row.currency), "")
         return Series(meter.commodity, meter.direction, unit, buckets, currency)
 
     async def site_consumption(
@@ -575,27 +573,27 @@ class Analytics:
         async with self.database.transaction() as session:
             site = await repository.site_info(session, meter.site_id)
             last = await repository.last_hour_with_readings(session, meter_id)
-            rows = []
+            hours: list[Bucket] = []
             if site is not None and last is not None:
                 history_ms = (FORECAST_HISTORY_WEEKS * 7 + BACKTEST_DAYS) * 24 * MS_PER_HOUR
-                rows = await repository.rollups(
+                hours, _ = await repository.meter_buckets(
                     session,
                     meter_id,
                     Granularity.HOUR.value,
                     last - timedelta(milliseconds=history_ms),
                     last + timedelta(milliseconds=1),
                 )
-        if site is None or len(rows) < 168:
+        if site is None or len(hours) < 168:
             raise FailedPrecondition(
                 "a forecast needs at least one week of hourly consumption",
-                metadata={"hours": str(len(rows))},
+                metadata={"hours": str(len(hours))},
             )
-        starts = [to_ms(row.bucket_start) for row in rows]
-        values = [row.value for row in rows]
+        starts = [hour.start_ms for hour in hours]
+        values = [hour.value for hour in hours]
         predicted = forecast(starts, values, site.time_zone, horizon, FORECAST_HISTORY_WEEKS)
         model_mape = naive_mape = 0.0
         tested = 0
-        if len(rows) >= BACKTEST_DAYS * 24 + 168:
+        if len(hours) >= BACKTEST_DAYS * 24 + 168:
             result = backtest(starts, values, site.time_zone, BACKTEST_DAYS, FORECAST_HISTORY_WEEKS)
             if math.isfinite(result.model_mape) and math.isfinite(result.naive_mape):
                 model_mape, naive_mape, tested = (
@@ -613,7 +611,7 @@ class Analytics:
             backtest_mape=model_mape,
             naive_mape=naive_mape,
             backtest_hours=tested,
-            history_hours=min(len(rows), FORECAST_HISTORY_WEEKS * 168),
+            history_hours=min(len(hours), FORECAST_HISTORY_WEEKS * 168),
         )
 
     async def list_anomalies(

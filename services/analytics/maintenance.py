@@ -19,13 +19,13 @@ import asyncio
 import itertools
 import json
 import logging
-import math
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+import numpy as np
 from google.protobuf import json_format
 from nats.aio.msg import Msg
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -35,7 +35,7 @@ from energymesh.devices.v1 import devices_pb2
 from energymesh.devices.v1 import events_pb2 as devices_events_pb2
 from energymesh.telemetry.v1 import events_pb2 as telemetry_events_pb2
 from services.analytics import aggregates, repository
-from services.analytics.anomalies import detect
+from services.analytics.anomalies import Anomaly, detect
 from services.analytics.events import (
     ANOMALY_DETECTED,
     METER_CREATED,
@@ -153,8 +153,7 @@ class RollupMaintainer:
             await repository.lock_meters(session, [change.meter_id for change in changes])
             meters, sites, specs = await self._known(session, [c.meter_id for c in changes])
             done = await recompute(session, changes, meters, sites, specs)
-            for item in done:
-                await self._check_anomalies(session, item)
+            await self._check_anomalies(session, done)
         return done
 
     async def _known(
@@ -184,65 +183,72 @@ class RollupMaintainer:
 
     # --- anomalies ---------------------------------------------------------------------------
 
-    async def _check_anomalies(self, session: AsyncSession, recomputed: Recomputed) -> None:
+    async def _check_anomalies(self, session: AsyncSession, done: Sequence[Recomputed]) -> None:
         """Judges the recomputed hours against their hour-of-week history: stores the
         anomalies found (publishing each new one once) and removes those no longer found."""
-        meter, site, unit = recomputed.meter, recomputed.site, recomputed.unit
-        zone = recomputed.spec.zone
-        hour_lo, hour_hi = aligned_range(recomputed.lo, recomputed.hi, Granularity.HOUR, zone)
-        history = await repository.rollups(
-            session,
-            meter.id,
-            Granularity.HOUR.value,
-            to_datetime(hour_lo - (HISTORY_WEEKS + 1) * _WEEK_MS),
-            to_datetime(hour_hi),
-        )
-        if not history:
-            return
-        starts = [to_ms(row.bucket_start) for row in history]
-        values = [row.value if row.completeness >= COMPLETE_HOUR else math.nan for row in history]
-        found = {
-            anomaly.start_ms: anomaly
-            for anomaly in detect(starts, values, site.time_zone, weeks=HISTORY_WEEKS)
-            if hour_lo <= anomaly.start_ms < hour_hi
-        }
-        stored = {
-            to_ms(row.start_time): row
-            for row in await repository.anomalies_between(
-                session, meter.id, to_datetime(hour_lo), to_datetime(hour_hi)
-            )
-        }
-        await repository.delete_anomalies(
-            session, [row.id for start, row in stored.items() if start not in found]
+        hours = [aligned_range(item.lo, item.hi, Granularity.HOUR, item.spec.zone) for item in done]
+        windows = [
+            (item.meter.id, lo - (HISTORY_WEEKS + 1) * _WEEK_MS, hi)
+            for item, (lo, hi) in zip(done, hours, strict=True)
+        ]
+        histories = await repository.hourly_histories(session, windows)
+        stored = await repository.anomalies_in(
+            session, [(item.meter.id, lo, hi) for item, (lo, hi) in zip(done, hours, strict=True)]
         )
         now = datetime.now(UTC)
-        for start, anomaly in found.items():
-            row = stored.get(start)
-            if row is not None:  # still anomalous: refresh its numbers, announced already
-                row.value, row.expected, row.score = anomaly.value, anomaly.expected, anomaly.score
+        for item, (hour_lo, hour_hi), (starts, values, completeness) in zip(
+            done, hours, histories, strict=True
+        ):
+            if not len(starts):
                 continue
-            row = AnomalyRow(
-                id=str(uuid.uuid4()),
-                organization_id=meter.organization_id,
-                meter_id=meter.id,
-                site_id=meter.site_id,
-                start_time=to_datetime(start),
-                end_time=to_datetime(bucket_end(start, Granularity.HOUR, zone)),
-                value=anomaly.value,
-                expected=anomaly.expected,
-                score=anomaly.score,
-                unit=unit,
-                detect_time=now,
+            judged = np.where(completeness >= COMPLETE_HOUR, values, np.nan)
+            found = {
+                anomaly.start_ms: anomaly
+                for anomaly in detect(starts, judged, item.site.time_zone, weeks=HISTORY_WEEKS)
+                if hour_lo <= anomaly.start_ms < hour_hi
+            }
+            existing = stored.get(item.meter.id, {})
+            await repository.delete_anomalies(
+                session, [row.id for start, row in existing.items() if start not in found]
             )
-            session.add(row)
-            await self.outbox.add(
-                session,
-                ANOMALY_DETECTED,
-                events_pb2.AnomalyDetected(
-                    organization_id=meter.organization_id, anomaly=anomaly_to_proto(row)
-                ),
-                message_id=row.id,
-            )
+            for start, anomaly in found.items():
+                row = existing.get(start)
+                if row is not None:  # still anomalous: refresh its numbers, announced already
+                    row.value, row.expected, row.score = (
+                        anomaly.value,
+                        anomaly.expected,
+                        anomaly.score,
+                    )
+                    continue
+                await self._announce(session, item, anomaly, now)
+
+    async def _announce(
+        self, session: AsyncSession, item: Recomputed, anomaly: Anomaly, now: datetime
+    ) -> None:
+        """Stores a new anomaly and publishes it (through the outbox, once)."""
+        meter = item.meter
+        row = AnomalyRow(
+            id=str(uuid.uuid4()),
+            organization_id=meter.organization_id,
+            meter_id=meter.id,
+            site_id=meter.site_id,
+            start_time=to_datetime(anomaly.start_ms),
+            end_time=to_datetime(bucket_end(anomaly.start_ms, Granularity.HOUR, item.spec.zone)),
+            value=anomaly.value,
+            expected=anomaly.expected,
+            score=anomaly.score,
+            unit=item.unit,
+            detect_time=now,
+        )
+        session.add(row)
+        await self.outbox.add(
+            session,
+            ANOMALY_DETECTED,
+            events_pb2.AnomalyDetected(
+                organization_id=meter.organization_id, anomaly=anomaly_to_proto(row)
+            ),
+            message_id=row.id,
+        )
 
     # --- the registry's events ---------------------------------------------------------------
 

@@ -49,7 +49,6 @@ class Rollup(Base):
     __tablename__ = "rollups"
     __table_args__ = (
         PrimaryKeyConstraint("meter_id", "granularity", "bucket_start", name="rollups_pkey"),
-        Index("rollups_by_organization", "organization_id", "granularity", "bucket_start"),
     )
 
     meter_id: Mapped[str] = mapped_column(Uuid(as_uuid=False))
@@ -119,16 +118,16 @@ class SiteRollup(Base):
 
     __tablename__ = "site_rollups"
     __table_args__ = (
+        # Queries read one granularity of a site over a range: that leads the key.
         PrimaryKeyConstraint(
             "site_id",
+            "granularity",
+            "bucket_start",
             "commodity",
             "direction",
             "unit",
-            "granularity",
-            "bucket_start",
             name="site_rollups_pkey",
         ),
-        Index("site_rollups_by_organization", "organization_id", "granularity", "bucket_start"),
     )
 
     site_id: Mapped[str] = mapped_column(Uuid(as_uuid=False))

@@ -22,11 +22,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-import psycopg
 from sqlalchemy import TextClause, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.analytics import pricing
+from services.analytics import pricing, repository
 from services.analytics.models import MeterInfo, SiteInfo
 from services.analytics.pricing import PriceList
 from services.analytics.rollups import (
@@ -48,8 +47,8 @@ MONTH_LEVEL = LEVELS.index(Granularity.MONTH)
 # The granularity name of a staged row (its level).
 _LEVEL_NAME = "(ARRAY['QUARTER_HOUR','HOUR','DAY','MONTH'])[s.level + 1]"
 
-# The site buckets touched at a level: quarter hours take their own rate, coarser buckets
-# the highest peak of their children.
+# The site buckets touched at a level (coarser than quarter hours): they take the highest
+# peak of their children.
 _TOUCHED = """
     SELECT DISTINCT CAST(m.site_id AS uuid) AS site_id, m.commodity, m.direction, sm.unit,
         LEVEL_NAME AS granularity, s.bucket_start
@@ -156,7 +155,11 @@ ADD_TO_SITES = sql(
         sum(CAST(s.cost <> 'NaN' AS int) - CAST(r.cost IS NOT NULL AS int)),
         sum(coalesce(nullif(s.co2_kg, 'NaN'), 0) - coalesce(r.co2_kg, 0)),
         sum(CAST(s.co2_kg <> 'NaN' AS int) - CAST(r.co2_kg IS NOT NULL AS int)),
-        max(sm.currency), 0, s.bucket_start
+        max(sm.currency),
+        -- A quarter hour's peak is its own rate (coarser buckets: set from their children).
+        CASE WHEN s.level = 0 THEN sum(s.value - coalesce(r.value, 0)) * 3600000.0
+            / (extract(epoch FROM max(s.bucket_end) - s.bucket_start) * 1000) ELSE 0 END,
+        s.bucket_start
     FROM analytics_staged s
     JOIN analytics_staged_meters sm ON sm.meter_id = s.meter_id
     JOIN analytics.meters m ON m.id = s.meter_id
@@ -175,8 +178,8 @@ ADD_TO_SITES = sql(
                - coalesce(r.reset_count + r.rollover_count, 0)) <> 0
         OR bool_or(nullif(s.cost, 'NaN') IS DISTINCT FROM r.cost)
         OR bool_or(nullif(s.co2_kg, 'NaN') IS DISTINCT FROM r.co2_kg)
-    -- One global order (granularity, time, site series): concurrent writers cannot deadlock.
-    ORDER BY s.level, s.bucket_start, 1, 3, 4, 5
+    -- One global order (the key's): concurrent writers cannot deadlock.
+    ORDER BY 1, s.level, s.bucket_start, 3, 4, 5
     ON CONFLICT ON CONSTRAINT site_rollups_pkey DO UPDATE SET
         bucket_end = excluded.bucket_end,
         value = t.value + excluded.value,
@@ -189,7 +192,11 @@ ADD_TO_SITES = sql(
         priced_rows = t.priced_rows + excluded.priced_rows,
         co2_kg = t.co2_kg + excluded.co2_kg,
         co2_rows = t.co2_rows + excluded.co2_rows,
-        currency = coalesce(excluded.currency, t.currency)
+        currency = coalesce(excluded.currency, t.currency),
+        peak_demand = CASE WHEN t.granularity = 'QUARTER_HOUR'
+            THEN (t.value + excluded.value) * 3600000.0
+                / (extract(epoch FROM t.bucket_end - t.bucket_start) * 1000)
+            ELSE t.peak_demand END
     """
 )
 UPSERT_METER_ROWS = sql(
@@ -235,17 +242,6 @@ STAGE_MONTHS = text(
     JOIN analytics.rollups d ON d.meter_id = w.meter_id AND d.granularity = 'DAY'
         AND d.bucket_start >= w.month_start AND d.bucket_start < w.month_end
     GROUP BY d.meter_id, w.month_start, w.month_end
-    """
-)
-QUARTER_PEAKS = sql(
-    """
-    UPDATE analytics.site_rollups AS c
-    SET peak_demand = c.value * 3600000.0 / (extract(epoch FROM c.bucket_end - c.bucket_start)
-                                             * 1000),
-        peak_time = c.bucket_start
-    FROM (TOUCHED) AS k
-    WHERE c.site_id = k.site_id AND c.commodity = k.commodity AND c.direction = k.direction
-      AND c.unit = k.unit AND c.granularity = k.granularity AND c.bucket_start = k.bucket_start
     """
 )
 COARSE_PEAKS = sql(
@@ -382,30 +378,10 @@ async def _readings(
     session: AsyncSession, windows: Sequence[tuple[str, int, int]]
 ) -> list[tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]]:
     """Per (meter, lo, hi): the readings' times and values in [lo, hi) plus the nearest one
-    on each side, in time order (binary COPY, decoded by numpy)."""
-    pg = await _driver_connection(session)
-    query = COPY_READINGS.format(ids="%s", los="%s", his="%s")
-    async with (
-        pg.cursor() as cursor,
-        cursor.copy(
-            query,
-            (
-                [meter_id for meter_id, _, _ in windows],
-                [to_datetime(lo) for _, lo, _ in windows],
-                [to_datetime(hi) for _, _, hi in windows],
-            ),
-        ) as copy,
-    ):
-        rows = await pgcopy.read(copy, READING)
-    position = rows["position"].astype(np.int64)
-    times = pgcopy.from_timestamptz(rows["time"])
-    values = rows["value"].astype(np.float64)
-    order = np.lexsort((times, position))
-    position, times, values = position[order], times[order], values[order]
-    bounds = np.searchsorted(position, np.arange(1, len(windows) + 2))
+    on each side, in time order."""
     return [
-        (times[bounds[i] : bounds[i + 1]], values[bounds[i] : bounds[i + 1]])
-        for i in range(len(windows))
+        (pgcopy.from_timestamptz(rows["time"]), rows["value"].astype(np.float64))
+        for rows in await repository.per_window(session, COPY_READINGS, READING, "time", windows)
     ]
 
 
@@ -433,13 +409,6 @@ def _staged(buckets: Sequence[tuple[bytes, int, Columns]]) -> npt.NDArray[np.voi
     return rows
 
 
-async def _driver_connection(session: AsyncSession) -> psycopg.AsyncConnection[object]:
-    connection = await session.connection()
-    raw = await connection.get_raw_connection()
-    driver: psycopg.AsyncConnection[object] = raw.driver_connection  # type: ignore[assignment]
-    return driver
-
-
 async def _write(
     session: AsyncSession,
     staged: npt.NDArray[np.void],
@@ -452,7 +421,7 @@ async def _write(
         text("INSERT INTO analytics_staged_meters VALUES (:meter_id, :unit, :currency)"),
         [{"meter_id": m, "unit": u, "currency": c} for m, u, c in meter_rows],
     )
-    pg = await _driver_connection(session)
+    pg = await repository.driver_connection(session)
     async with pg.cursor() as cursor, cursor.copy(COPY_STAGED) as copy:
         await pgcopy.write(copy, staged)
     await _apply_staged(session, levels=(0, 1, 2))
@@ -468,13 +437,12 @@ async def _write(
 
 
 async def _apply_staged(session: AsyncSession, levels: Sequence[int]) -> None:
-    """Adds the staged rows' differences to the site sums, upserts them, and sets the peaks
-    of the site buckets they touched (finer levels first: coarser peaks read them)."""
+    """Adds the staged rows' differences to the site sums (quarter hours' peaks with them),
+    upserts them, and sets the peaks of the coarser site buckets they touched (finer levels
+    first: coarser peaks read them)."""
     await session.execute(ADD_TO_SITES)
     await session.execute(UPSERT_METER_ROWS)
     for level in levels:
-        if level == 0:
-            await session.execute(QUARTER_PEAKS, {"level": 0})
-        else:
+        if level > 0:
             child = LEVELS[level - 1].value
             await session.execute(COARSE_PEAKS, {"level": level, "child": child})

@@ -18,14 +18,30 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, delete, func, or_, select, text, tuple_
+import numpy as np
+import numpy.typing as npt
+import psycopg
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Select,
+    and_,
+    cast,
+    delete,
+    func,
+    or_,
+    select,
+    text,
+    tuple_,
+)
 from sqlalchemy.dialects.postgresql import aggregate_order_by, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from energymesh.devices.v1 import devices_pb2
 from services.analytics.models import AnomalyRow, MeterInfo, Rollup, SiteInfo, SiteRollup
 from services.analytics.rollups import Bucket, Reading
-from services.analytics.rows import to_ms
+from services.analytics.rows import to_datetime, to_ms
+from services.kernel import pgcopy
 
 EXPORT = devices_pb2.FLOW_DIRECTION_EXPORT
 
@@ -255,17 +271,93 @@ async def reading_span(
     return int(row[0]), int(row[1])
 
 
-async def anomalies_between(
-    session: AsyncSession, meter_id: str, start: datetime, end: datetime
-) -> list[AnomalyRow]:
-    result = await session.scalars(
-        select(AnomalyRow).where(
-            AnomalyRow.meter_id == meter_id,
-            AnomalyRow.start_time >= start,
-            AnomalyRow.start_time < end,
-        )
+HOURS = pgcopy.row_dtype(
+    [
+        ("position", pgcopy.INT4),
+        ("start", pgcopy.TIMESTAMPTZ),
+        ("value", pgcopy.FLOAT8),
+        ("completeness", pgcopy.FLOAT8),
+    ]
+)
+COPY_HOURS = """
+    COPY (
+        SELECT w.position::int4, r.bucket_start, r.value, r.completeness
+        FROM unnest(%s::uuid[], %s::timestamptz[], %s::timestamptz[])
+            WITH ORDINALITY AS w(meter_id, lo, hi, position)
+        JOIN analytics.rollups r ON r.meter_id = w.meter_id AND r.granularity = 'HOUR'
+            AND r.bucket_start >= w.lo AND r.bucket_start < w.hi
+    ) TO STDOUT (FORMAT BINARY)
+"""
+Arrays = tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.float64]]
+
+
+async def driver_connection(session: AsyncSession) -> psycopg.AsyncConnection[object]:
+    """The session's psycopg connection, for COPY."""
+    connection = await session.connection()
+    raw = await connection.get_raw_connection()
+    driver: psycopg.AsyncConnection[object] = raw.driver_connection  # type: ignore[assignment]
+    return driver
+
+
+async def per_window(
+    session: AsyncSession,
+    query: str,
+    dtype: np.dtype[np.void],
+    time_field: str,
+    windows: Sequence[tuple[str, int, int]],
+) -> list[npt.NDArray[np.void]]:
+    """Runs a `COPY (…) TO STDOUT (FORMAT BINARY)` over windows (meter, lo, hi), given to the
+    query as three arrays (unnest … WITH ORDINALITY: its first column is the window's 1-based
+    position); returns each window's rows in time order (decoded by numpy, no Python objects
+    per row)."""
+    pg = await driver_connection(session)
+    params = (
+        [meter_id for meter_id, _, _ in windows],
+        [to_datetime(lo) for _, lo, _ in windows],
+        [to_datetime(hi) for _, _, hi in windows],
     )
-    return list(result)
+    async with pg.cursor() as cursor, cursor.copy(query, params) as copy:
+        rows = await pgcopy.read(copy, dtype)
+    rows = rows[np.lexsort((rows[time_field], rows["position"]))]
+    bounds = np.searchsorted(rows["position"], np.arange(1, len(windows) + 2))
+    return [rows[bounds[i] : bounds[i + 1]] for i in range(len(windows))]
+
+
+async def hourly_histories(
+    session: AsyncSession, windows: Sequence[tuple[str, int, int]]
+) -> list[Arrays]:
+    """Per (meter, lo, hi): the starts (ms), values and completeness of its stored hours in
+    [lo, hi), in time order."""
+    return [
+        (
+            pgcopy.from_timestamptz(rows["start"]),
+            rows["value"].astype(np.float64),
+            rows["completeness"].astype(np.float64),
+        )
+        for rows in await per_window(session, COPY_HOURS, HOURS, "start", windows)
+    ]
+
+
+async def anomalies_in(
+    session: AsyncSession, windows: Sequence[tuple[str, int, int]]
+) -> dict[str, dict[int, AnomalyRow]]:
+    """Per meter, its stored anomalies starting in [lo, hi) of its window, by start (ms)."""
+    conditions = [
+        and_(
+            AnomalyRow.meter_id == meter_id,
+            AnomalyRow.start_time >= to_datetime(lo),
+            AnomalyRow.start_time < to_datetime(hi),
+        )
+        for meter_id, lo, hi in windows
+    ]
+    found: dict[str, dict[int, AnomalyRow]] = {}
+    for offset in range(0, len(conditions), 500):
+        rows = await session.scalars(
+            select(AnomalyRow).where(or_(*conditions[offset : offset + 500]))
+        )
+        for row in rows:
+            found.setdefault(str(row.meter_id), {})[to_ms(row.start_time)] = row
+    return found
 
 
 async def delete_anomalies(session: AsyncSession, ids: Sequence[str]) -> None:
@@ -312,18 +404,18 @@ def _pieces(columns: Any, pieces: Sequence[tuple[str, datetime, datetime]]) -> C
     )
 
 
-def _bucket(row: Any, start: datetime, end: datetime) -> Bucket:
-    """A Bucket from a grouped row (see _GROUPED_COLUMNS)."""
+def _bucket(row: Any, start_ms: int, end_ms: int) -> Bucket:
+    """A Bucket from a grouped row (_sums)."""
     return Bucket(
-        start_ms=to_ms(start),
-        end_ms=to_ms(end),
+        start_ms=start_ms,
+        end_ms=end_ms,
         value=float(row.value),
         covered_ms=int(row.covered_ms),
         readings=int(row.reading_count),
         resets=int(row.reset_count),
         rollovers=int(row.rollover_count),
         peak_demand=float(row.peak_demand),
-        peak_time_ms=to_ms(row.peak_time),
+        peak_time_ms=int(row.peak_time),
         cost=float(row.cost) if row.priced_rows else None,
         co2_kg=float(row.co2_kg) if row.co2_rows else None,
         span_ms=int(row.span_ms),
@@ -345,13 +437,22 @@ def _sums(columns: Any, span: Any, priced: Any, co2_rows: Any) -> list[Any]:
         func.max(columns.currency).label("currency"),
         func.count(func.distinct(columns.currency)).label("currencies"),
         func.max(columns.peak_demand).label("peak_demand"),
-        aggregate_order_by_first(columns.peak_time, columns.peak_demand).label("peak_time"),
+        _epoch_ms(aggregate_order_by_first(columns.peak_time, columns.peak_demand)).label(
+            "peak_time"
+        ),
     ]
 
 
 def aggregate_order_by_first(value: Any, by: Any) -> Any:
     """The value of the row with the highest `by` in a group."""
     return func.array_agg(aggregate_order_by(value, by.desc()))[1]
+
+
+def _bounds(columns: Any) -> list[Any]:
+    return [
+        _epoch_ms(columns.bucket_start).label("start_ms"),
+        _epoch_ms(columns.bucket_end).label("end_ms"),
+    ]
 
 
 def _site_sums() -> list[Any]:
@@ -393,7 +494,7 @@ async def grouped_buckets(
         for row in await session.execute(statement):
             key = SeriesKey(int(row.commodity), int(row.direction), str(row.unit))
             buckets, currencies = result.setdefault(key, ([], set()))
-            buckets.append(_bucket(row, row.bucket_start, row.bucket_end))
+            buckets.append(_bucket(row, row.start_ms, row.end_ms))
             if row.currency:
                 currencies.add(row.currency)
                 if row.currencies > 1:
@@ -408,7 +509,7 @@ def _grouped_statements(
     if sources.site_ids:
         keys = [_SITE.commodity, _SITE.direction, _SITE.unit, _SITE.bucket_start, _SITE.bucket_end]
         query = (
-            select(*keys, *_site_sums())
+            select(*keys, *_bounds(_SITE), *_site_sums())
             .where(
                 _SITE.site_id.in_(sources.site_ids),
                 _SITE.granularity == granularity,
@@ -430,7 +531,7 @@ def _grouped_statements(
             _METER.bucket_end,
         ]
         query = (
-            select(*keys, *_meter_sums())
+            select(*keys, *_bounds(_METER), *_meter_sums())
             .join_from(Rollup, MeterInfo, MeterInfo.id == Rollup.meter_id)
             .where(
                 _METER.meter_id.in_(sources.meter_ids),
@@ -519,9 +620,48 @@ def _total(row: Any, source_id: str, site_id: str, lo: datetime, hi: datetime) -
         source_id=source_id,
         site_id=site_id,
         key=SeriesKey(int(row.commodity), int(row.direction), str(row.unit)),
-        bucket=_bucket(row, lo, hi),
+        bucket=_bucket(row, to_ms(lo), to_ms(hi)),
         currencies=frozenset(currencies),
     )
+
+
+def _epoch_ms(column: Any) -> Any:
+    return cast(func.extract("epoch", column) * 1000, BigInteger)
+
+
+async def meter_buckets(
+    session: AsyncSession, meter_id: str, granularity: str, start: datetime, end: datetime
+) -> tuple[list[Bucket], str]:
+    """A meter's stored buckets starting in [start, end), in time order, and the currency of
+    their cost ("" when unpriced). Plain rows, times as epoch ms: no ORM objects."""
+    rows = await session.execute(
+        select(
+            _epoch_ms(_METER.bucket_start),
+            _epoch_ms(_METER.bucket_end),
+            _METER.value,
+            _METER.covered_ms,
+            _METER.reading_count,
+            _METER.reset_count,
+            _METER.rollover_count,
+            _METER.peak_demand,
+            _epoch_ms(_METER.peak_time),
+            _METER.cost,
+            _METER.co2_kg,
+            _METER.currency,
+        )
+        .where(
+            _METER.meter_id == meter_id,
+            _METER.granularity == granularity,
+            _METER.bucket_start >= start,
+            _METER.bucket_start < end,
+        )
+        .order_by(_METER.bucket_start)
+    )
+    buckets, currency = [], ""
+    for row in rows:
+        buckets.append(Bucket(*row[:11]))
+        currency = currency or row[11] or ""
+    return buckets, currency
 
 
 async def sites_of_organization(session: AsyncSession, organization_id: str) -> list[SiteInfo]:

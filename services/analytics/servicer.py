@@ -72,9 +72,8 @@ def authorization(context: Any) -> str:
 
 
 def timestamp(ms: int) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromMilliseconds(ms)
-    return stamp
+    seconds, millis = divmod(ms, 1000)
+    return timestamp_pb2.Timestamp(seconds=seconds, nanos=millis * 1_000_000)
 
 
 def update_paths(request: analytics_pb2.UpdateTariffRequest) -> set[str]:

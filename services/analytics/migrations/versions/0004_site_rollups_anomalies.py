@@ -1,4 +1,4 @@
-"""site rollups, anomalies, meter rebuild progress
+"""site rollups, anomalies, meter rebuild progress; no organization index on rollups
 
 Revision ID: 0004
 Revises: 0003
@@ -42,21 +42,17 @@ def upgrade() -> None:
         sa.Column("peak_time", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint(
             "site_id",
+            "granularity",
+            "bucket_start",
             "commodity",
             "direction",
             "unit",
-            "granularity",
-            "bucket_start",
             name="site_rollups_pkey",
         ),
         schema="analytics",
     )
-    op.create_index(
-        "site_rollups_by_organization",
-        "site_rollups",
-        ["organization_id", "granularity", "bucket_start"],
-        schema="analytics",
-    )
+    # Every query of meter rollups names its meters; the index cost every write.
+    op.drop_index("rollups_by_organization", table_name="rollups", schema="analytics")
     op.create_table(
         "anomalies",
         sa.Column("id", sa.Uuid(as_uuid=False), nullable=False),
@@ -91,9 +87,14 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.create_index(
+        "rollups_by_organization",
+        "rollups",
+        ["organization_id", "granularity", "bucket_start"],
+        schema="analytics",
+    )
     op.drop_column("meters", "rebuilt_until", schema="analytics")
     op.drop_index("anomalies_by_site", table_name="anomalies", schema="analytics")
     op.drop_index("anomalies_by_organization", table_name="anomalies", schema="analytics")
     op.drop_table("anomalies", schema="analytics")
-    op.drop_index("site_rollups_by_organization", table_name="site_rollups", schema="analytics")
     op.drop_table("site_rollups", schema="analytics")
