@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+from collections.abc import Callable
 from datetime import date, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -82,7 +83,7 @@ def series_by_kind(series: list[dict[str, Any]]) -> dict[tuple[str, str], dict[s
 
 
 def coincident_peaks(
-    starts: list[int], totals: list[float], bucket: Any
+    starts: list[int], totals: list[float], bucket: Callable[[int], int]
 ) -> dict[int, tuple[float, int]]:
     """Per bucket: the highest quarter-hour total as demand (kW) and when that quarter began."""
     peaks: dict[int, tuple[float, int]] = {}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from datetime import date, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -171,7 +172,7 @@ async def test_moving_a_meter_to_a_site_in_another_zone_rebuilds_it_and_both_sit
             await site_total(http, admin, new_york, lo, hi),
         )
 
-    def sums_are(expected: tuple[float, float]) -> Any:
+    def sums_are(expected: tuple[float, float]) -> Callable[[tuple[float, float]], bool]:
         return lambda found: all(close(f, e) for f, e in zip(found, expected, strict=True))
 
     await wait_for(
