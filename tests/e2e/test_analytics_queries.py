@@ -25,6 +25,7 @@ from tests.e2e.analytics_steps import (
     assign_tariff,
     close,
     consumption,
+    counter,
     create_emission_factor,
     create_tariff,
     flat_version,
@@ -385,6 +386,50 @@ async def test_site_series_per_commodity_and_direction_netted_on_request(
     assert close(by_commodity["COMMODITY_ELECTRICITY"]["exported"], totals["x"])
     assert close(by_commodity["COMMODITY_GAS"]["total"], totals["g"])
     assert by_commodity["COMMODITY_GAS"]["unit"] == "m3"
+
+
+async def test_site_completeness_is_the_share_of_its_meters_expected_time(
+    http: httpx.AsyncClient,
+) -> None:
+    admin = await setup_org(http)
+    site = (await create_site(http, admin, timeZone="Europe/Berlin"))["siteId"]
+    day = date(2026, 6, 18)
+    starts = quarter_starts(day, day)
+    lo, hi = local_midnight(day), local_midnight(day + timedelta(days=1))
+    amounts = pattern(len(starts), 0.5, 0.1, 6)
+    complete = (await create_meter(http, admin, site))["meterId"]
+    gappy = (await create_meter(http, admin, site))["meterId"]
+    await write_quarter_amounts(http, admin, complete, starts, amounts)
+    # The second meter is silent from 10:00 to 12:00: its readings on either side still give
+    # the amount consumed, but those two hours are not covered.
+    times = [*starts, hi]
+    values = counter(amounts)
+    gap = [i for i, t in enumerate(times) if lo + 10 * HOUR_MS < t < lo + 12 * HOUR_MS]
+    assert len(gap) == 7
+    kept = [i for i in range(len(times)) if i not in gap]
+    await write_readings(http, admin, gappy, [times[i] for i in kept], [values[i] for i in kept])
+    expected = (24 + 22) / 48
+
+    await wait_for(
+        lambda: site_consumption(http, admin, site, lo, hi),
+        lambda s: (
+            len(s) == 1
+            and len(s[0]["points"]) == 1
+            and close(s[0]["points"][0]["value"], 2 * math.fsum(amounts))
+            and close(s[0]["points"][0]["completeness"], expected)
+        ),
+        "the site's day with one meter's two-hour gap",
+        WAIT,
+    )
+    hours = only_series(await site_consumption(http, admin, site, lo, hi, "GRANULARITY_HOUR"))
+    by_hour = values_by_start(hours, "completeness")
+    assert close(by_hour[lo + 10 * HOUR_MS], 0.5)
+    assert close(by_hour[lo + 11 * HOUR_MS], 0.5)
+    assert close(by_hour[lo + 9 * HOUR_MS], 1.0)
+    summary = await get_ok(
+        http, admin, f"/v1/sites/{site}/summary", startTime=iso(lo), endTime=iso(hi)
+    )
+    assert close(summary["commodities"][0]["completeness"], expected)
 
 
 # --- what a viewer sees ------------------------------------------------------------------------
