@@ -75,6 +75,16 @@ class PriceList:
             and any(version.tiers for version in self.tariff.versions)
         )
 
+    @property
+    def whole_days(self) -> bool:
+        """Costs depend on whole local days: tiers (the month's consumption before) or a
+        standing charge (spread over every quarter hour of the day), so recompute whole days."""
+        return self.tiered or (
+            self.tariff is not None
+            and not self.export
+            and any(version.standing_charge_per_day for version in self.tariff.versions)
+        )
+
     def currency_of(self, quarter: Bucket) -> str | None:
         return self.currency if quarter.cost is not None else None
 

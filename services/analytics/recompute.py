@@ -2,23 +2,26 @@
 for a batch of committed-readings events, and what a rebuild does for a month of a meter.
 
 Per meter: the quarter hours that readings timed first..last affect (rollups.affected_range),
-widened to whole local days so that the hours and days holding them are rebuilt from complete
-quarter hours, computed column-wise from the readings (rollups.quarter_columns) and priced.
-Then every meter's buckets are COPYed into a staging table, and set-oriented SQL
+computed column-wise from the readings around them (rollups.quarter_columns) and priced.
+Every meter's quarter hours are COPYed into a staging table, and set-oriented SQL
 - adds the difference between the staged and the stored rows to the site sums
   (services/analytics/aggregates.py explains how they stay exact under concurrency),
 - upserts the meter rows,
-- refreshes the months holding the recomputed days (the sums of their days), likewise,
-- sets the coincident peaks of the site buckets it touched.
+- then level by level refreshes the hours, days and months holding them, each the sum of its
+  stored children (so a day is exactly the sum of its hours and quarter hours), likewise,
+- and sets the coincident peaks of the site buckets it touched.
 Idempotent: the same readings give the same rows, and zero differences. The caller holds the
 meters' locks (repository.lock_meters) for the whole transaction.
 """
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import numpy.typing as npt
@@ -33,8 +36,8 @@ from services.analytics.rollups import (
     Granularity,
     MeterSpec,
     affected_range,
-    aggregate_columns,
     aligned_range,
+    bucket_edges,
     bucket_spans,
     quarter_columns,
 )
@@ -43,7 +46,6 @@ from services.kernel import pgcopy
 
 # Granularity levels in the staging table (and the order rows are written in).
 LEVELS = (Granularity.QUARTER_HOUR, Granularity.HOUR, Granularity.DAY, Granularity.MONTH)
-MONTH_LEVEL = LEVELS.index(Granularity.MONTH)
 # The granularity name of a staged row (its level).
 _LEVEL_NAME = "(ARRAY['QUARTER_HOUR','HOUR','DAY','MONTH'])[s.level + 1]"
 
@@ -81,10 +83,6 @@ STAGED = pgcopy.row_dtype(
         ("co2_kg", pgcopy.FLOAT8),
     ]
 )
-READING = pgcopy.row_dtype(
-    [("position", pgcopy.INT4), ("time", pgcopy.TIMESTAMPTZ), ("value", pgcopy.FLOAT8)]
-)
-
 CREATE_STAGING = """
     CREATE TEMPORARY TABLE IF NOT EXISTS analytics_staged (
         meter_id uuid NOT NULL, level int2 NOT NULL,
@@ -96,10 +94,14 @@ CREATE_STAGING = """
         cost float8 NOT NULL, co2_kg float8 NOT NULL
     ) ON COMMIT DELETE ROWS;
     CREATE TEMPORARY TABLE IF NOT EXISTS analytics_staged_meters (
-        meter_id uuid PRIMARY KEY, unit text NOT NULL, currency text
+        meter_id uuid PRIMARY KEY, unit text NOT NULL, currency text,
+        -- The recomputed quarter hours, [lo, hi), and the zone of the meter's buckets.
+        zone text NOT NULL, lo timestamptz NOT NULL, hi timestamptz NOT NULL
     ) ON COMMIT DELETE ROWS;
-    CREATE TEMPORARY TABLE IF NOT EXISTS analytics_staged_months (
-        meter_id uuid NOT NULL, month_start timestamptz NOT NULL, month_end timestamptz NOT NULL
+    -- The hours, days and months of each zone holding recomputed quarter hours.
+    CREATE TEMPORARY TABLE IF NOT EXISTS analytics_staged_spans (
+        zone text NOT NULL, level int2 NOT NULL,
+        bucket_start timestamptz NOT NULL, bucket_end timestamptz NOT NULL
     ) ON COMMIT DELETE ROWS
 """
 COPY_STAGED = (
@@ -107,23 +109,24 @@ COPY_STAGED = (
     "reading_count, reset_count, rollover_count, peak_demand, peak_time, cost, co2_kg) "
     "FROM STDIN (FORMAT BINARY)"
 )
-# The readings of each window [lo, hi) plus the nearest one on each side.
-COPY_READINGS = """
-    COPY (
-        SELECT w.position::int4, r.time, r.value
-        FROM unnest(%s::uuid[], %s::timestamptz[], %s::timestamptz[])
-            WITH ORDINALITY AS w(meter_id, lo, hi, position)
-        CROSS JOIN LATERAL (
-            (SELECT time, value FROM telemetry.readings
-             WHERE meter_id = w.meter_id AND time < w.lo ORDER BY time DESC LIMIT 1)
-            UNION ALL
-            (SELECT time, value FROM telemetry.readings
-             WHERE meter_id = w.meter_id AND time >= w.lo AND time < w.hi)
-            UNION ALL
-            (SELECT time, value FROM telemetry.readings
-             WHERE meter_id = w.meter_id AND time >= w.hi ORDER BY time LIMIT 1)
-        ) AS r
-    ) TO STDOUT (FORMAT BINARY)
+# The readings of each window [lo, hi) plus the nearest one on each side, packed.
+PACKED_READINGS = """
+    SELECT w.position,
+        string_agg(timestamptz_send(r.time), ''::bytea ORDER BY r.time),
+        string_agg(float8send(r.value), ''::bytea ORDER BY r.time)
+    FROM unnest(CAST(:ids AS uuid[]), CAST(:los AS timestamptz[]), CAST(:his AS timestamptz[]))
+        WITH ORDINALITY AS w(meter_id, lo, hi, position)
+    CROSS JOIN LATERAL (
+        (SELECT time, value FROM telemetry.readings
+         WHERE meter_id = w.meter_id AND time < w.lo ORDER BY time DESC LIMIT 1)
+        UNION ALL
+        (SELECT time, value FROM telemetry.readings
+         WHERE meter_id = w.meter_id AND time >= w.lo AND time < w.hi)
+        UNION ALL
+        (SELECT time, value FROM telemetry.readings
+         WHERE meter_id = w.meter_id AND time >= w.hi ORDER BY time LIMIT 1)
+    ) AS r
+    GROUP BY w.position
 """
 NEIGHBOURS = text(
     """
@@ -231,17 +234,21 @@ UPSERT_METER_ROWS = sql(
            excluded.co2_kg, excluded.currency, excluded.bucket_end)
     """
 )
-STAGE_MONTHS = text(
+# The staged level's buckets (analytics_staged_spans) as sums of their stored children.
+STAGE_LEVEL = text(
     """
     INSERT INTO analytics_staged
-    SELECT d.meter_id, 3, w.month_start, w.month_end, sum(d.value), sum(d.covered_ms),
-        sum(d.reading_count), sum(d.reset_count), sum(d.rollover_count), max(d.peak_demand),
+    SELECT sm.meter_id, w.level, w.bucket_start, w.bucket_end, sum(d.value),
+        sum(d.covered_ms), sum(d.reading_count), sum(d.reset_count), sum(d.rollover_count),
+        max(d.peak_demand),
         (array_agg(d.peak_time ORDER BY d.peak_demand DESC, d.bucket_start))[1],
         coalesce(sum(d.cost), 'NaN'), coalesce(sum(d.co2_kg), 'NaN')
-    FROM analytics_staged_months w
-    JOIN analytics.rollups d ON d.meter_id = w.meter_id AND d.granularity = 'DAY'
-        AND d.bucket_start >= w.month_start AND d.bucket_start < w.month_end
-    GROUP BY d.meter_id, w.month_start, w.month_end
+    FROM analytics_staged_meters sm
+    JOIN analytics_staged_spans w ON w.zone = sm.zone AND w.level = :level
+        AND w.bucket_end > sm.lo AND w.bucket_start < sm.hi
+    JOIN analytics.rollups d ON d.meter_id = sm.meter_id AND d.granularity = :child
+        AND d.bucket_start >= w.bucket_start AND d.bucket_start < w.bucket_end
+    GROUP BY sm.meter_id, w.level, w.bucket_start, w.bucket_end
     """
 )
 COARSE_PEAKS = sql(
@@ -278,8 +285,8 @@ class Change:
 
 @dataclass(frozen=True)
 class Recomputed:
-    """What was recomputed for one meter: the quarter hours the readings affect, [lo, hi),
-    within the whole local days [day_lo, day_hi)."""
+    """What is recomputed for one meter: the quarter hours [lo, hi) the readings affect
+    (whole local days when prices need them), within the local days [day_lo, day_hi)."""
 
     meter: MeterInfo
     site: SiteInfo
@@ -313,49 +320,74 @@ async def recompute(
     The caller holds the meters' locks."""
     if not changes:
         return []
-    neighbours = await _neighbours(session, changes)
+    price_lists: dict[tuple[str, int, int], PriceList] = {}
     plans = []
+    neighbours = await _neighbours(session, changes)
     for change, (previous, following) in zip(changes, neighbours, strict=True):
         meter = meters[change.meter_id]
-        spec, unit = specs[change.meter_id]
-        lo, hi = affected_range(spec, change.first_ms, change.last_ms, previous, following)
-        day_lo, day_hi = aligned_range(lo, hi, Granularity.DAY, spec.zone)
-        plans.append((change, meter, spec, unit, lo, hi, day_lo, day_hi))
-    readings = await _readings(
-        session,
-        [(p[0].meter_id, p[6], p[7] + p[2].expected_interval_ms) for p in plans],
-    )
-    price_lists: dict[tuple[str, int, int], PriceList] = {}
-    staged: list[tuple[bytes, int, Columns]] = []
-    meter_rows: list[tuple[str, str, str | None]] = []
-    months: list[dict[str, object]] = []
-    done = []
-    for (_, meter, spec, unit, lo, hi, day_lo, day_hi), (times, values) in zip(
-        plans, readings, strict=True
-    ):
         site = sites[meter.site_id]
-        quarters = quarter_columns(times, values, spec, day_lo, day_hi)
+        spec, unit = specs[change.meter_id]
         key = (meter.site_id, meter.commodity, meter.direction)
         prices = price_lists.get(key)
         if prices is None:
             prices = price_lists[key] = await pricing.price_list(session, meter, site.time_zone)
+        lo, hi = affected_range(spec, change.first_ms, change.last_ms, previous, following)
+        day_lo, day_hi = aligned_range(lo, hi, Granularity.DAY, spec.zone)
+        if prices.whole_days:
+            lo, hi = day_lo, day_hi
+        plans.append(Recomputed(meter, site, spec, unit, lo, hi, day_lo, day_hi, prices))
+    readings = await _readings(
+        session, [(p.meter.id, p.lo, p.hi + p.spec.expected_interval_ms) for p in plans]
+    )
+    quarters: list[tuple[bytes, Columns]] = []
+    for plan, (times, values) in zip(plans, readings, strict=True):
+        columns = quarter_columns(times, values, plan.spec, plan.lo, plan.hi)
+        prices = plan.prices
         if prices.tariff is not None or prices.factors:
-            before = await pricing.month_to_date(session, meter.id, prices, day_lo)
-            quarters = Columns.of(pricing.price(quarters.buckets(), prices, before))
-        zone = site.time_zone
-        meter_uuid = uuid.UUID(meter.id).bytes
-        staged.append((meter_uuid, 0, quarters))
-        staged.append((meter_uuid, 1, aggregate_columns(quarters, Granularity.HOUR, zone)))
-        staged.append((meter_uuid, 2, aggregate_columns(quarters, Granularity.DAY, zone)))
-        meter_rows.append((meter.id, unit, prices.currency))
-        month_lo, month_hi = aligned_range(day_lo, day_hi, Granularity.MONTH, spec.zone)
-        months.extend(
-            {"meter_id": meter.id, "start": to_datetime(a), "end": to_datetime(b)}
-            for a, b in bucket_spans(month_lo, month_hi, Granularity.MONTH, spec.zone)
-        )
-        done.append(Recomputed(meter, site, spec, unit, lo, hi, day_lo, day_hi, prices))
-    await _write(session, _staged(staged), meter_rows, months, done)
-    return done
+            before = await pricing.month_to_date(session, plan.meter.id, prices, plan.lo)
+            columns = Columns.of(pricing.price(columns.buckets(), prices, before))
+        quarters.append((uuid.UUID(plan.meter.id).bytes, columns))
+    await _write(session, _staged(quarters), plans)
+    return plans
+
+
+def _coarser_spans(plans: Sequence[Recomputed]) -> dict[str, list[Any]]:
+    """The hours, days and months holding the recomputed quarter hours, per zone (meters of
+    a zone share them), as columns for analytics_staged_spans."""
+    ranges: dict[str, list[tuple[int, int]]] = {}
+    for plan in plans:
+        ranges.setdefault(plan.spec.time_zone, []).append((plan.lo, plan.hi))
+    spans: set[tuple[str, int, int, int]] = set()
+    for zone_name, zone_ranges in ranges.items():
+        zone = ZoneInfo(zone_name)
+        for lo, hi in _merged_ranges(zone_ranges):
+            for level, granularity in enumerate(LEVELS[1:], start=1):
+                if granularity is Granularity.MONTH:
+                    month_lo, month_hi = aligned_range(lo, hi, granularity, zone)
+                    spans.update(
+                        (zone_name, level, a, b)
+                        for a, b in bucket_spans(month_lo, month_hi, granularity, zone)
+                    )
+                else:
+                    edges = bucket_edges(lo, hi, granularity, zone_name).tolist()
+                    spans.update((zone_name, level, a, b) for a, b in itertools.pairwise(edges))
+    ordered = sorted(spans)
+    return {
+        "zones": [span[0] for span in ordered],
+        "levels": [span[1] for span in ordered],
+        "starts": [to_datetime(span[2]) for span in ordered],
+        "ends": [to_datetime(span[3]) for span in ordered],
+    }
+
+
+def _merged_ranges(ranges: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    merged: list[tuple[int, int]] = []
+    for lo, hi in sorted(ranges):
+        if merged and lo <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], hi))
+        else:
+            merged.append((lo, hi))
+    return merged
 
 
 async def _neighbours(
@@ -380,21 +412,23 @@ async def _readings(
     """Per (meter, lo, hi): the readings' times and values in [lo, hi) plus the nearest one
     on each side, in time order."""
     return [
-        (pgcopy.from_timestamptz(rows["time"]), rows["value"].astype(np.float64))
-        for rows in await repository.per_window(session, COPY_READINGS, READING, "time", windows)
+        (pgcopy.from_timestamptz(times), values.astype(np.float64))
+        for times, values in await repository.packed_windows(
+            session, PACKED_READINGS, windows, (pgcopy.TIMESTAMPTZ, pgcopy.FLOAT8)
+        )
     ]
 
 
-def _staged(buckets: Sequence[tuple[bytes, int, Columns]]) -> npt.NDArray[np.void]:
-    """Staging rows of (meter uuid, level, buckets) parts, in binary COPY form. (One array
+def _staged(buckets: Sequence[tuple[bytes, Columns]]) -> npt.NDArray[np.void]:
+    """Staging rows of (meter uuid, quarter hours) parts, in binary COPY form. (One array
     filled in place: concatenating would turn the big-endian fields native.)"""
-    rows = pgcopy.new_rows(STAGED, sum(len(columns) for _, _, columns in buckets))
+    rows = pgcopy.new_rows(STAGED, sum(len(columns) for _, columns in buckets))
     offset = 0
-    for meter_uuid, level, columns in buckets:
+    for meter_uuid, columns in buckets:
         part = rows[offset : offset + len(columns)]
         offset += len(columns)
         part["meter_id"] = np.frombuffer(meter_uuid, dtype="V16")[0]
-        part["level"] = level
+        part["level"] = 0
         part["bucket_start"] = pgcopy.to_timestamptz(columns.start)
         part["bucket_end"] = pgcopy.to_timestamptz(columns.end)
         part["value"] = columns.value
@@ -410,39 +444,53 @@ def _staged(buckets: Sequence[tuple[bytes, int, Columns]]) -> npt.NDArray[np.voi
 
 
 async def _write(
-    session: AsyncSession,
-    staged: npt.NDArray[np.void],
-    meter_rows: Sequence[tuple[str, str, str | None]],
-    months: Sequence[dict[str, object]],
-    done: Sequence[Recomputed],
+    session: AsyncSession, quarters: npt.NDArray[np.void], plans: Sequence[Recomputed]
 ) -> None:
+    """Writes the recomputed quarter hours, then level by level the hours, days and months
+    holding them, each summed from its stored children."""
     await session.execute(text(CREATE_STAGING))
     await session.execute(
-        text("INSERT INTO analytics_staged_meters VALUES (:meter_id, :unit, :currency)"),
-        [{"meter_id": m, "unit": u, "currency": c} for m, u, c in meter_rows],
+        text(
+            "INSERT INTO analytics_staged_meters VALUES "
+            "(:meter_id, :unit, :currency, :zone, :lo, :hi)"
+        ),
+        [
+            {
+                "meter_id": plan.meter.id,
+                "unit": plan.unit,
+                "currency": plan.prices.currency,
+                "zone": plan.spec.time_zone,
+                "lo": to_datetime(plan.lo),
+                "hi": to_datetime(plan.hi),
+            }
+            for plan in plans
+        ],
     )
     pg = await repository.driver_connection(session)
     async with pg.cursor() as cursor, cursor.copy(COPY_STAGED) as copy:
-        await pgcopy.write(copy, staged)
-    await _apply_staged(session, levels=(0, 1, 2))
+        await pgcopy.write(copy, quarters)
+    await _apply_staged(session, 0)
     # Tiers: the rest of each month depends on the recomputed days (repriced row by row).
-    for item in done:
-        await pricing.reprice_rest_of_month(session, item.meter, item.prices, item.day_hi)
-    await session.execute(text("DELETE FROM analytics_staged"))
+    for plan in plans:
+        await pricing.reprice_rest_of_month(session, plan.meter, plan.prices, plan.day_hi)
     await session.execute(
-        text("INSERT INTO analytics_staged_months VALUES (:meter_id, :start, :end)"), months
+        text(
+            "INSERT INTO analytics_staged_spans SELECT * FROM unnest(CAST(:zones AS text[]), "
+            "CAST(:levels AS int2[]), CAST(:starts AS timestamptz[]), CAST(:ends AS timestamptz[]))"
+        ),
+        _coarser_spans(plans),
     )
-    await session.execute(STAGE_MONTHS)
-    await _apply_staged(session, levels=(MONTH_LEVEL,))
+    for level in range(1, len(LEVELS)):
+        await session.execute(text("DELETE FROM analytics_staged"))
+        await session.execute(STAGE_LEVEL, {"level": level, "child": LEVELS[level - 1].value})
+        await _apply_staged(session, level)
 
 
-async def _apply_staged(session: AsyncSession, levels: Sequence[int]) -> None:
+async def _apply_staged(session: AsyncSession, level: int) -> None:
     """Adds the staged rows' differences to the site sums (quarter hours' peaks with them),
-    upserts them, and sets the peaks of the coarser site buckets they touched (finer levels
-    first: coarser peaks read them)."""
+    upserts them, and sets the peaks of the coarser site buckets they touched."""
     await session.execute(ADD_TO_SITES)
     await session.execute(UPSERT_METER_ROWS)
-    for level in levels:
-        if level > 0:
-            child = LEVELS[level - 1].value
-            await session.execute(COARSE_PEAKS, {"level": level, "child": child})
+    if level > 0:
+        child = LEVELS[level - 1].value
+        await session.execute(COARSE_PEAKS, {"level": level, "child": child})

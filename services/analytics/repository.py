@@ -271,22 +271,17 @@ async def reading_span(
     return int(row[0]), int(row[1])
 
 
-HOURS = pgcopy.row_dtype(
-    [
-        ("position", pgcopy.INT4),
-        ("start", pgcopy.TIMESTAMPTZ),
-        ("value", pgcopy.FLOAT8),
-        ("completeness", pgcopy.FLOAT8),
-    ]
-)
-COPY_HOURS = """
-    COPY (
-        SELECT w.position::int4, r.bucket_start, r.value, r.completeness
-        FROM unnest(%s::uuid[], %s::timestamptz[], %s::timestamptz[])
-            WITH ORDINALITY AS w(meter_id, lo, hi, position)
-        JOIN analytics.rollups r ON r.meter_id = w.meter_id AND r.granularity = 'HOUR'
-            AND r.bucket_start >= w.lo AND r.bucket_start < w.hi
-    ) TO STDOUT (FORMAT BINARY)
+# Per window (meter, lo, hi): its stored hours, as packed big-endian columns.
+PACKED_HOURS = """
+    SELECT w.position,
+        string_agg(timestamptz_send(r.bucket_start), ''::bytea ORDER BY r.bucket_start),
+        string_agg(float8send(r.value), ''::bytea ORDER BY r.bucket_start),
+        string_agg(float8send(r.completeness), ''::bytea ORDER BY r.bucket_start)
+    FROM unnest(CAST(:ids AS uuid[]), CAST(:los AS timestamptz[]), CAST(:his AS timestamptz[]))
+        WITH ORDINALITY AS w(meter_id, lo, hi, position)
+    JOIN analytics.rollups r ON r.meter_id = w.meter_id AND r.granularity = 'HOUR'
+        AND r.bucket_start >= w.lo AND r.bucket_start < w.hi
+    GROUP BY w.position
 """
 Arrays = tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.float64]]
 
@@ -299,28 +294,32 @@ async def driver_connection(session: AsyncSession) -> psycopg.AsyncConnection[ob
     return driver
 
 
-async def per_window(
+async def packed_windows(
     session: AsyncSession,
     query: str,
-    dtype: np.dtype[np.void],
-    time_field: str,
     windows: Sequence[tuple[str, int, int]],
-) -> list[npt.NDArray[np.void]]:
-    """Runs a `COPY (…) TO STDOUT (FORMAT BINARY)` over windows (meter, lo, hi), given to the
-    query as three arrays (unnest … WITH ORDINALITY: its first column is the window's 1-based
-    position); returns each window's rows in time order (decoded by numpy, no Python objects
-    per row)."""
-    pg = await driver_connection(session)
-    params = (
-        [meter_id for meter_id, _, _ in windows],
-        [to_datetime(lo) for _, lo, _ in windows],
-        [to_datetime(hi) for _, _, hi in windows],
+    dtypes: Sequence[str],
+) -> list[list[npt.NDArray[Any]]]:
+    """Runs a query over windows (meter, lo, hi), given to it as :ids, :los and :his arrays
+    (unnest … WITH ORDINALITY: each result row starts with the window's 1-based position),
+    whose other columns are packed binary arrays (string_agg of float8send, …): per window,
+    those columns decoded by numpy with dtypes. No Python object per value."""
+    rows = await session.execute(
+        text(query),
+        {
+            "ids": [meter_id for meter_id, _, _ in windows],
+            "los": [to_datetime(lo) for _, lo, _ in windows],
+            "his": [to_datetime(hi) for _, _, hi in windows],
+        },
     )
-    async with pg.cursor() as cursor, cursor.copy(query, params) as copy:
-        rows = await pgcopy.read(copy, dtype)
-    rows = rows[np.lexsort((rows[time_field], rows["position"]))]
-    bounds = np.searchsorted(rows["position"], np.arange(1, len(windows) + 2))
-    return [rows[bounds[i] : bounds[i + 1]] for i in range(len(windows))]
+    found = {int(row[0]): row[1:] for row in rows}
+    return [
+        [
+            np.frombuffer(packed or b"", dtype=dtype)
+            for packed, dtype in zip(found.get(i + 1, [None] * len(dtypes)), dtypes, strict=True)
+        ]
+        for i in range(len(windows))
+    ]
 
 
 async def hourly_histories(
@@ -330,11 +329,13 @@ async def hourly_histories(
     [lo, hi), in time order."""
     return [
         (
-            pgcopy.from_timestamptz(rows["start"]),
-            rows["value"].astype(np.float64),
-            rows["completeness"].astype(np.float64),
+            pgcopy.from_timestamptz(starts),
+            values.astype(np.float64),
+            completeness.astype(np.float64),
         )
-        for rows in await per_window(session, COPY_HOURS, HOURS, "start", windows)
+        for starts, values, completeness in await packed_windows(
+            session, PACKED_HOURS, windows, (pgcopy.TIMESTAMPTZ, pgcopy.FLOAT8, pgcopy.FLOAT8)
+        )
     ]
 
 

@@ -856,43 +856,15 @@ def _spans_in_day(day_start: int, granularity: Granularity, zone_name: str) -> t
     return (*(start for start, _ in bucket_spans(day_start, day_end, granularity, tz)), day_end)
 
 
-def _edges(lo: int, hi: int, granularity: Granularity, zone_name: str) -> Int64s:
-    """Bucket boundaries of [lo, hi), a range of whole local days."""
+def bucket_edges(lo: int, hi: int, granularity: Granularity, zone_name: str) -> Int64s:
+    """Boundaries of the buckets (HOUR or DAY) overlapping [lo, hi): bucket_spans, cached per
+    local day."""
     tz = _zone(zone_name)
-    edges = [lo]
-    for day_start, _ in bucket_spans(lo, hi, Granularity.DAY, tz):
+    day_lo, day_hi = aligned_range(lo, hi, Granularity.DAY, tz)
+    edges = [day_lo]
+    for day_start, _ in bucket_spans(day_lo, day_hi, Granularity.DAY, tz):
         edges.extend(_spans_in_day(day_start, granularity, zone_name)[1:])
-    return np.array(edges, dtype=np.int64)
-
-
-def aggregate_columns(quarters: Columns, granularity: Granularity, zone_name: str) -> Columns:
-    """`aggregate` column-wise, for HOUR and DAY over quarter hours of whole local days."""
-    edges = _edges(int(quarters.start[0]), int(quarters.end[-1]), granularity, zone_name)
-    size = len(edges) - 1
-    group = np.searchsorted(edges, quarters.start, side="right") - 1
-    firsts = np.searchsorted(group, np.arange(size))
-
-    def total(column: npt.NDArray[Any]) -> Floats:
-        return np.bincount(group, weights=column, minlength=size).astype(np.float64)
-
-    def known_total(column: Floats) -> Floats:
-        known = total((~np.isnan(column)).astype(np.float64))
-        return np.where(known > 0, total(np.nan_to_num(column)), np.nan)
-
-    peak = np.maximum.reduceat(quarters.peak_demand, firsts)
-    position = np.arange(len(group))
-    candidates = np.where(quarters.peak_demand == peak[group], position, len(group))
-    first_peak = np.minimum.reduceat(candidates, firsts)
-    return Columns(
-        start=edges[:-1],
-        end=edges[1:],
-        value=total(quarters.value),
-        covered=np.rint(total(quarters.covered)).astype(np.int64),
-        readings=np.rint(total(quarters.readings)).astype(np.int64),
-        resets=np.rint(total(quarters.resets)).astype(np.int64),
-        rollovers=np.rint(total(quarters.rollovers)).astype(np.int64),
-        peak_demand=peak,
-        peak_time=quarters.peak_time[first_peak],
-        cost=known_total(quarters.cost),
-        co2_kg=known_total(quarters.co2_kg),
-    )
+    found = np.array(edges, dtype=np.int64)
+    first = int(np.searchsorted(found, lo, side="right")) - 1
+    last = int(np.searchsorted(found, hi, side="left"))
+    return found[first : last + 1]

@@ -1,6 +1,6 @@
-"""PostgreSQL's binary COPY format for rows of fixed-width columns, as numpy structured arrays
-(https://www.postgresql.org/docs/current/sql-copy.html): bulk reads and writes without a
-Python object per row.
+"""PostgreSQL's binary formats with numpy: COPY rows of fixed-width columns as structured
+arrays (https://www.postgresql.org/docs/current/sql-copy.html), and timestamps; bulk writes
+without a Python object per row.
 
 A row dtype lists, per column, a big-endian int32 length and the value, after an int16 field
 count: see `row_dtype`."""
@@ -64,17 +64,3 @@ async def write(copy: psycopg.AsyncCopy, rows: npt.NDArray[np.void]) -> None:
     for offset in range(0, len(data), CHUNK_BYTES):
         await copy.write(data[offset : offset + CHUNK_BYTES])
     await copy.write(TRAILER)
-
-
-async def read(copy: psycopg.AsyncCopy, dtype: np.dtype[np.void]) -> npt.NDArray[np.void]:
-    """The rows of a `COPY (…) TO STDOUT (FORMAT BINARY)` whose columns match dtype."""
-    data = b"".join([bytes(chunk) async for chunk in copy])
-    if not data:
-        return np.empty(0, dtype=dtype)
-    if not data.startswith(HEADER[:11]):
-        raise ValueError("not PostgreSQL binary COPY data")
-    extension = int.from_bytes(data[15:19], "big")
-    body = data[len(HEADER) + extension : len(data) - len(TRAILER)]
-    if not data.endswith(TRAILER) or len(body) % dtype.itemsize:
-        raise ValueError("unexpected binary COPY layout")
-    return np.frombuffer(body, dtype=dtype)
