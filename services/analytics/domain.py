@@ -30,6 +30,7 @@ from services.analytics.forecast import backtest, forecast
 from services.analytics.models import AnomalyRow, SiteInfo
 from services.analytics.repository import SeriesKey, Sources, Total
 from services.analytics.rollups import (
+    COMPLETE_HOUR,
     MS_PER_HOUR,
     QUARTER_HOUR_MS,
     Bucket,
@@ -70,8 +71,6 @@ _MIN_BUCKET_MS = {
 # Summaries and top lists: at most this long a period.
 MAX_PERIOD_MS = 10 * 366 * 24 * MS_PER_HOUR
 BASELOAD_PERCENTILE = 5.0
-# Hours at least this complete count for the baseload (when there are any).
-COMPLETE_HOUR = 0.9
 FORECAST_HISTORY_WEEKS = 4
 BACKTEST_DAYS = 14
 _WEEK_MS = 7 * 24 * MS_PER_HOUR

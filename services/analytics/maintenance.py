@@ -1,9 +1,8 @@
 """Rollup maintenance: the consumers that keep the rollups equal to what the readings say.
 
-- telemetry.readings.committed: recompute exactly the buckets the new readings affect
-  (`recompute`), keep the meter's months and its site's sums in step
-  (services/analytics/aggregates.py), reprice what tiers make depend on them, and check the
-  recomputed hours for anomalies.
+- telemetry.readings.committed, a batch of events at a time: recompute exactly the buckets
+  the new readings affect, with their hours, days, months and site sums
+  (services/analytics/recompute.py), and check the recomputed hours for anomalies.
 - devices.>: keep the local copy of meters and sites. A change that alters what a meter's
   buckets are or hold (its site, the site's time zone, multiplier, rollover value, cadence)
   rebuilds them from the readings (`rebuild`, one local month per transaction, resumable); a
@@ -48,6 +47,7 @@ from services.analytics.events import (
 from services.analytics.models import AnomalyRow, MeterInfo, SiteInfo
 from services.analytics.recompute import Change, Recomputed, merged, recompute
 from services.analytics.rollups import (
+    COMPLETE_HOUR,
     MS_PER_HOUR,
     QUARTER_HOUR_MS,
     Granularity,
@@ -74,8 +74,6 @@ REGISTER_TYPES = {
 }
 # Meter fields whose change alters the meter's buckets or their amounts: a rebuild.
 REBUILD_FIELDS = ("site_id", "multiplier", "rollover_value", "expected_interval_ms")
-# Anomaly detection: hours at least this complete are judged and count as history.
-COMPLETE_HOUR = 0.9
 HISTORY_WEEKS = 4
 _WEEK_MS = 7 * 24 * MS_PER_HOUR
 # A rebuild starts from the meter's first reading.

@@ -72,6 +72,9 @@ MAX_WRAP_FRACTION = 0.1
 # Consecutive readings at most this many expected intervals apart count as present (a meter
 # reporting every 15 minutes with some jitter); a longer gap counts as missing data.
 GAP_TOLERANCE = 1.5
+# An hour at least this complete counts as measured (anomalies, baseload, forecasts judge
+# only such hours: a partly measured hour would read as a drop in consumption).
+COMPLETE_HOUR = 0.9
 
 
 class Granularity(Enum):
