@@ -143,6 +143,9 @@ class RollupMaintainer:
         if published is not None:
             stats.last_lag_seconds = max(0.0, (stats.last_apply_time - published).total_seconds())
 
+    async def recompute_meter(self, meter_id: str, first_ms: int, last_ms: int) -> None:
+        await self.recompute([Change(meter_id, first_ms, last_ms)])
+
     async def recompute(self, changes: Sequence[Change]) -> list[Recomputed]:
         """Recomputes every stored bucket the changes affect, in one transaction under the
         meters' locks; then checks the recomputed hours for anomalies."""

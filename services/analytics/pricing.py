@@ -353,11 +353,17 @@ def _amounts(bucket: Bucket, prices: PriceList) -> dict[str, Any]:
 Progress = Callable[[], Awaitable[None]]
 
 
+# Recomputes a meter's buckets from its readings timed first_ms..last_ms (the rollup
+# consumer's RollupMaintainer.recompute_meter).
+Recompute = Callable[[str, int, int], Awaitable[object]]
+
+
 class Repricer:
     """The durable consumer of analytics.pricing.changed."""
 
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, recompute: Recompute) -> None:
         self.database = database
+        self.recompute = recompute
 
     async def on_pricing_changed(self, message: Msg) -> None:
         change = PricingChange.from_event(message.data)
@@ -408,7 +414,12 @@ class Repricer:
                 zone = ZoneInfo(site.time_zone)
                 month = bucket_start(cursor, Granularity.MONTH, zone)
                 cursor = bucket_end(month, Granularity.MONTH, zone)
-                changed += await reprice(session, meter, prices, month, cursor)
+                if not prices.whole_days:
+                    changed += await reprice(session, meter, prices, month, cursor)
+            if prices.whole_days:
+                # A standing charge or tiers need every quarter hour of a day, also those no
+                # reading was stored for: recomputed from the readings, priced on the way.
+                await self.recompute(meter_id, month, cursor - 1)
             if progress is not None:
                 await progress()
         log.info("repriced meter %s: %d quarter hours changed", meter_id, changed)

@@ -43,8 +43,8 @@ async def setup(kernel: Kernel) -> Registration:
     domain = Analytics(kernel.database, devices)
     outbox = Outbox(kernel.database, OUTBOX, kernel.messaging)
     catalog = TariffCatalog(kernel.database, outbox, devices)
-    repricer = Repricer(kernel.database)
     maintainer = RollupMaintainer(kernel.database, outbox)
+    repricer = Repricer(kernel.database, maintainer.recompute_meter)
 
     async def apply_readings(message: Msg) -> None:
         await maintainer.on_readings_committed(message)
