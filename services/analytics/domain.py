@@ -22,7 +22,6 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from energymesh.devices.v1 import devices_pb2
 from services.analytics import repository
@@ -298,6 +297,14 @@ def baseload(hours: Sequence[Bucket]) -> float:
     return float(np.percentile(np.asarray(loads, dtype=np.float64), BASELOAD_PERCENTILE))
 
 
+def stored_runs(lo: int, hi: int, zone: ZoneInfo) -> list[tuple[str, datetime, datetime]]:
+    """The runs of stored buckets (rollups.cover) that tile [lo, hi), for repository.totals."""
+    return [
+        (granularity.value, to_datetime(a), to_datetime(b))
+        for granularity, a, b in cover(lo, hi, zone)
+    ]
+
+
 def rfc3339(ms: int) -> str:
     moment = to_datetime(ms)
     text = moment.strftime("%Y-%m-%dT%H:%M:%S")
@@ -494,22 +501,12 @@ class Analytics:
         lo, hi = aligned_range(to_ms(start), to_ms(end), Granularity.QUARTER_HOUR, zone)
         previous_lo, _ = aligned_range(lo - (hi - lo), lo, Granularity.QUARTER_HOUR, zone)
         async with self.database.transaction() as session:
-            current = await self._totals(session, sources, lo, hi, zone)
-            previous = await self._totals(session, sources, previous_lo, lo, zone)
+            current = await repository.totals(session, sources, stored_runs(lo, hi, zone))
+            previous = await repository.totals(session, sources, stored_runs(previous_lo, lo, zone))
             hours = await repository.grouped_buckets(
                 session, sources, Granularity.HOUR.value, to_datetime(lo), to_datetime(hi)
             )
         return lo, hi, _summaries(current, previous, hours)
-
-    @staticmethod
-    async def _totals(
-        session: AsyncSession, sources: Sources, lo: int, hi: int, zone: ZoneInfo
-    ) -> list[Total]:
-        pieces = [
-            (granularity.value, to_datetime(a), to_datetime(b))
-            for granularity, a, b in cover(lo, hi, zone)
-        ]
-        return await repository.totals(session, sources, pieces)
 
     async def top_consumers(
         self,
@@ -536,10 +533,7 @@ class Analytics:
             for zone_name, sources in scope.items():
                 zone = ZoneInfo(zone_name)
                 lo, hi = aligned_range(to_ms(start), to_ms(end), Granularity.QUARTER_HOUR, zone)
-                pieces = [
-                    (granularity.value, to_datetime(a), to_datetime(b))
-                    for granularity, a, b in cover(lo, hi, zone)
-                ]
+                pieces = stored_runs(lo, hi, zone)
                 # A viewer's sites: the sums of their own meters there.
                 sites += await repository.totals(
                     session, sources, pieces, commodity=commodity, imports_only=True
