@@ -44,6 +44,8 @@ from services.analytics.rollups import (
 from services.analytics.rows import to_datetime
 from services.kernel import pgcopy
 
+# Staging tables with more rows than this get statistics (ANALYZE) before they are used.
+ANALYZE_ABOVE_ROWS = 20_000
 # Granularity levels in the staging table (and the order rows are written in).
 LEVELS = (Granularity.QUARTER_HOUR, Granularity.HOUR, Granularity.DAY, Granularity.MONTH)
 # The granularity name of a staged row (its level).
@@ -471,6 +473,9 @@ async def _write(
     pg = await repository.driver_connection(session)
     async with pg.cursor() as cursor, cursor.copy(COPY_STAGED) as copy:
         await pgcopy.write(copy, quarters)
+    if len(quarters) > ANALYZE_ABOVE_ROWS:
+        # Statistics of the temporary table: without them PostgreSQL plans for a few rows.
+        await session.execute(text("ANALYZE analytics_staged"))
     await _apply_staged(session, 0)
     # Tiers: the rest of each month depends on the recomputed days (repriced row by row).
     for plan in plans:
