@@ -25,7 +25,8 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -33,6 +34,8 @@ import httpx
 import numpy as np
 import psycopg
 
+from benchmarks.consumers import ReadingConsumers
+from benchmarks.cpu import CpuMeter
 from energymesh.telemetry.v1 import telemetry_pb2, telemetry_pb2_grpc
 from services.launcher.mesh import Mesh, MeshConfig
 from services.telemetry.client import ReadingStream
@@ -88,30 +91,42 @@ async def setup_fleet(gateway: str, meters: int) -> tuple[list[str], str]:
         return meter_ids, key.json()["key"]
 
 
-async def wait_quiet(database_url: str, limit_seconds: float = 60.0) -> None:
-    """Waits until no other client of the database has been running a query for a second
-    (the mesh's outbox relays, consumers and last-seen updates settle after a load), so that
-    the next measurement is not depressed by leftover work of the previous one."""
-    deadline = time.monotonic() + limit_seconds
-    quiet_since: float | None = None
+async def outbox_backlog(database_url: str) -> int:
+    """Events telemetry has committed and not yet published."""
     async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as pg:
-        while time.monotonic() < deadline:
-            cursor = await pg.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' "
-                "AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
-            )
-            row = await cursor.fetchone()
-            now = time.monotonic()
-            if row and int(row[0]) == 0:
-                quiet_since = quiet_since or now
-                if now - quiet_since >= 1.0:
-                    return
-            else:
-                quiet_since = None
-            await asyncio.sleep(0.05)
+        cursor = await pg.execute("SELECT count(*) FROM telemetry.outbox")
+        row = await cursor.fetchone()
+    return int(row[0]) if row else 0
 
 
-async def raw_copy(database_url: str, readings: int, start_ms: int, runs: int = 3) -> float:
+async def wait_outbox_empty(database_url: str, limit_seconds: float = 120.0) -> None:
+    deadline = time.monotonic() + limit_seconds
+    while await outbox_backlog(database_url) and time.monotonic() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.05)
+
+
+async def wait_idle(cpu: CpuMeter, limit_seconds: float = 60.0) -> None:
+    """Waits until the mesh has used under a tenth of a core for a second (leftover work
+    of the previous phase: consumers, outbox relays, autovacuum), so that the next
+    measurement is not depressed by it."""
+    deadline = time.monotonic() + limit_seconds
+    before = sum(cpu.sample(exclude=("bench",)).values())
+    while time.monotonic() < deadline:
+        await asyncio.sleep(1.0)
+        after = sum(cpu.sample(exclude=("bench",)).values())
+        if after - before < 0.1:
+            return
+        before = after
+
+
+async def raw_copy(
+    database_url: str,
+    readings: int,
+    start_ms: int,
+    cpu: CpuMeter,
+    settle: Callable[[], Awaitable[None]],
+    runs: int = 3,
+) -> float:
     """COPY straight into an identical partitioned table; readings/s, the best of `runs`
     (each into an empty table, after the mesh has gone quiet)."""
     meters = max(1, readings // 1000)
@@ -139,10 +154,11 @@ async def raw_copy(database_url: str, readings: int, start_ms: int, runs: int = 
         )
         for bound, name in await cursor.fetchall():
             await pg.execute(f"CREATE TABLE bench.{name} PARTITION OF bench.readings {bound}")
-        for _ in range(runs):
+        for run in range(runs):
             await pg.execute("TRUNCATE bench.readings")
             await pg.execute("CHECKPOINT")
-            await wait_quiet(database_url)
+            await settle()
+            cpu.start()
             started = time.perf_counter()
             async with (
                 pg.transaction(),
@@ -152,7 +168,9 @@ async def raw_copy(database_url: str, readings: int, start_ms: int, runs: int = 
             ):
                 for offset in range(0, len(data), 1 << 20):
                     await copy.write(data[offset : offset + (1 << 20)])
-            best = max(best, readings / (time.perf_counter() - started))
+            elapsed = time.perf_counter() - started
+            cpu.stop(f"copy {run + 1}", elapsed, readings)
+            best = max(best, readings / elapsed)
         await pg.execute("DROP SCHEMA bench CASCADE")
     return best
 
@@ -259,8 +277,6 @@ def line(name: str, rate: float, note: str = "") -> None:
 
 
 async def bench(args: argparse.Namespace) -> None:
-    meters, readings = args.meters, args.readings * args.scale
-    total = meters * readings
     data_dir = Path(tempfile.mkdtemp(prefix="energymesh-bench-"))
     mesh = Mesh(MeshConfig.for_tests(data_dir, log_level="WARNING"))
     print(f"starting the mesh in {data_dir} ...", flush=True)
@@ -273,54 +289,146 @@ async def bench(args: argparse.Namespace) -> None:
     try:
         assert bare.stdout is not None
         bare.stdout.readline()
-        meter_ids, key = await setup_fleet(mesh.gateway_url, meters)
-        single_meter_ids, _ = await setup_fleet(mesh.gateway_url, 1)
-        del single_meter_ids
-        direct = mesh.service_address("telemetry")
-        gateway = mesh.gateway_url.removeprefix("http://")
-        day = 86_400_000
-        span = readings * INTERVAL_MS
-        first_start = int(time.time() * 1000) // day * day - 2 * span - day
-        print(f"{meters} meters x {readings} readings = {total:,} per run\n", flush=True)
-
-        # Warm-up (partitions, connections, caches), not measured.
-        await end_to_end(direct, key, meter_ids[:10], 1000, first_start - 400 * day, "warm")
-        copy_rate = await raw_copy(mesh.database_url, total, first_start)
-        profiler = Profiler(args.profile, mesh.process("telemetry").pid)
-        phase_rss = {"warm-up": peak_rss(profiler.pid)}
-        database_url = mesh.database_url
-
-        async def load(name: str, target: str, start: int, run: str) -> tuple[float, int]:
-            await wait_quiet(database_url)
-            async with profiler.phase(name):
-                result = await end_to_end(target, key, meter_ids, readings, start, run)
-            phase_rss[name] = peak_rss(profiler.pid)
-            return result
-
-        e2e_rate, accepted = await load("first", direct, first_start, "a")
-        after_first = await stored_count(database_url, meter_ids)
-        replay_rate, _ = await load("replay", direct, first_start, "a")
-        after_replay = await stored_count(database_url, meter_ids)
-        fresh_ids_rate, _ = await load("fresh_ids", direct, first_start, "b")
-        after_fresh_ids = await stored_count(database_url, meter_ids)
-        envoy_rate, _ = await load("envoy", gateway, first_start + span, "c")
-        metadata = (("authorization", f"Bearer {key}"),)
-        singles = 20_000 * args.scale
-        await wait_quiet(database_url)
-        bare_rate = await single_readings(
-            f"127.0.0.1:{bare_port}", metadata, meter_ids[0], singles, first_start
-        )
-        await wait_quiet(database_url)
-        async with profiler.phase("singles"):
-            single_rate = await single_readings(
-                direct, metadata, meter_ids[0], singles, first_start - 200 * day
-            )
-        rss = peak_rss(mesh.process("telemetry").pid)
+        async with ReadingConsumers(mesh.nats_url) as consumers:
+            results = await measure(args, mesh, consumers, bare.pid, bare_port)
     finally:
         bare.terminate()
         bare.wait()
         mesh.stop()
+    report(args, results)
 
+
+@dataclass
+class Results:
+    copy_rate: float = 0.0
+    rates: dict[str, float] = field(default_factory=dict)
+    accepted: int = 0
+    stored: dict[str, int] = field(default_factory=dict)
+    # Per consumer: readings/s worked through, and whether it caught up within the window.
+    consumers: dict[str, tuple[float, bool]] = field(default_factory=dict)
+    consumer_window: float = 0.0
+    phase_rss: dict[str, int] = field(default_factory=dict)
+    rss: int = 0
+    cpu: list[str] = field(default_factory=list)
+
+
+async def measure(
+    args: argparse.Namespace,
+    mesh: Mesh,
+    consumers: ReadingConsumers,
+    bare_pid: int,
+    bare_port: int,
+) -> Results:
+    meters, readings = args.meters, args.readings * args.scale
+    total = meters * readings
+    results = Results()
+    meter_ids, key = await setup_fleet(mesh.gateway_url, meters)
+    # Meters of their own for the warm-up and the single-reading phase: readings of one meter
+    # months apart would make analytics spread the counter's difference over every quarter
+    # hour in between.
+    warm_ids, warm_key = await setup_fleet(mesh.gateway_url, 40)
+    (single_id,), single_key = await setup_fleet(mesh.gateway_url, 1)
+    direct = mesh.service_address("telemetry")
+    gateway = mesh.gateway_url.removeprefix("http://")
+    database_url = mesh.database_url
+    day = 86_400_000
+    span = readings * INTERVAL_MS
+    first_start = int(time.time() * 1000) // day * day - 3 * span - day
+    singles_start = first_start - 200 * day
+    print(f"{meters} meters x {readings} readings = {total:,} per run\n", flush=True)
+    cpu = CpuMeter(
+        {
+            "bench": os.getpid(),
+            "telemetry": mesh.process("telemetry").pid,
+            "postgres": mesh.process("postgres").pid,
+            "envoy": mesh.process("envoy").pid,
+            "analytics": mesh.process("analytics").pid,
+            "devices": mesh.process("devices").pid,
+            "auth": mesh.process("auth").pid,
+            "nats": mesh.process("nats").pid,
+            "bare": bare_pid,
+        }
+    )
+
+    async def settle() -> None:
+        await wait_outbox_empty(database_url)
+        await wait_idle(cpu)
+
+    # The consumers of telemetry's events stay paused until every ingest phase is measured.
+    await consumers.pause()
+    published = await consumers.published()
+    # Warm-up (connections, caches, and the partitions of every month the phases and the
+    # raw COPY write to), with meters of their own; not measured.
+    for n, start in enumerate((singles_start, *(first_start + n * span for n in range(3)))):
+        await end_to_end(direct, warm_key, warm_ids[10 * n : 10 * n + 10], 1000, start, "warm")
+    await settle()
+    results.copy_rate = await raw_copy(database_url, total, first_start, cpu, settle)
+    profiler = Profiler(args.profile, mesh.process("telemetry").pid)
+    results.phase_rss["warm-up"] = peak_rss(profiler.pid)
+    accepted_total = 40_000
+
+    async def load(name: str, target: str, start: int, run: str) -> int:
+        nonlocal accepted_total
+        async with profiler.phase(name):
+            cpu.start()
+            started = time.perf_counter()
+            rate, accepted = await end_to_end(target, key, meter_ids, readings, start, run)
+            cpu.stop(name, time.perf_counter() - started, total)
+        results.rates[name] = rate
+        results.phase_rss[name] = peak_rss(profiler.pid)
+        results.stored[name] = await stored_count(database_url, meter_ids)
+        accepted_total += accepted
+        await settle()
+        return accepted
+
+    results.accepted = await load("first", direct, first_start, "a")
+    await load("replay", direct, first_start, "a")
+    await load("fresh_ids", direct, first_start, "b")
+    await load("envoy", gateway, first_start + span, "c")
+    metadata = (("authorization", f"Bearer {single_key}"),)
+    singles = 20_000 * args.scale
+    cpu.start()
+    bare_rate = await single_readings(
+        f"127.0.0.1:{bare_port}", metadata, single_id, singles, singles_start
+    )
+    cpu.stop("bare", singles / bare_rate, singles)
+    results.rates["bare"] = bare_rate
+    await settle()
+    async with profiler.phase("singles"):
+        cpu.start()
+        single_rate = await single_readings(direct, metadata, single_id, singles, singles_start)
+        cpu.stop("singles", singles / single_rate, singles)
+    results.rates["singles"] = single_rate
+    accepted_total += singles
+    await settle()
+
+    # The consumers, resumed, work through the events of every phase above.
+    events = await consumers.published() - published
+    per_event = accepted_total / max(events, 1)
+    window = results.consumer_window = args.consumer_seconds
+    await consumers.resume()
+    cpu.start()
+    drained = await consumers.drain(window)
+    cpu.stop("consumers", window, int(per_event * max(n for n, _ in drained.values())))
+    for name, (acked, seconds) in drained.items():
+        results.consumers[name] = (acked * per_event / seconds, seconds < window)
+
+    # Ingest again while the consumers run (still busy with that backlog), as deployed.
+    cpu.start()
+    started = time.perf_counter()
+    results.rates["live"], _ = await end_to_end(
+        direct, key, meter_ids, readings, first_start + 2 * span, "d"
+    )
+    cpu.stop("live", time.perf_counter() - started, total)
+    results.rss = peak_rss(mesh.process("telemetry").pid)
+    results.cpu = cpu.report()
+    return results
+
+
+def report(args: argparse.Namespace, results: Results) -> None:
+    meters = args.meters
+    copy_rate, rates = results.copy_rate, results.rates
+    e2e_rate = rates["first"]
     print(f"| {'measure':<58} | {'readings/s':>12} | {'vs baseline / target':<34} |")
     print(f"|{'-' * 60}|{'-' * 14}|{'-' * 36}|")
     line("(1) raw COPY into an identical table (the limit)", copy_rate, "1.00x")
@@ -331,40 +439,64 @@ async def bench(args: argparse.Namespace) -> None:
     )
     line(
         f"(2) end-to-end, {meters} streams, client -> Envoy -> service",
-        envoy_rate,
-        f"{envoy_rate / copy_rate:.2f}x of (1)  (target >= 0.6x)",
+        rates["envoy"],
+        f"{rates['envoy'] / copy_rate:.2f}x of (1)  (target >= 0.6x)",
     )
     line(
         "(2) replay of (2), same batch ids (dedupe by batch id)",
-        replay_rate,
-        f"{replay_rate / e2e_rate:.2f}x of first write (target >= 2x)",
+        rates["replay"],
+        f"{rates['replay'] / e2e_rate:.2f}x of first write (target >= 2x)",
     )
     line(
         "(2) replay of (2), new batch ids (dedupe by (meter, time))",
-        fresh_ids_rate,
-        f"{fresh_ids_rate / e2e_rate:.2f}x of first write",
+        rates["fresh_ids"],
+        f"{rates['fresh_ids'] / e2e_rate:.2f}x of first write",
     )
-    line("(3) bare gRPC stream, 1 reading per message, discarded", bare_rate, "1.00x")
+    line(
+        "(2) end-to-end, client -> service, consumers running",
+        rates["live"],
+        f"{rates['live'] / copy_rate:.2f}x of (1)  (no target)",
+    )
+    line("(3) bare gRPC stream, 1 reading per message, discarded", rates["bare"], "1.00x")
     line(
         "(3) StreamReadings, 1 reading per message, stored",
-        single_rate,
-        f"{single_rate / bare_rate:.2f}x of bare (target >= 0.5x)",
+        rates["singles"],
+        f"{rates['singles'] / rates['bare']:.2f}x of bare (target >= 0.5x)",
     )
+    for name, (rate, caught_up) in sorted(results.consumers.items()):
+        line(
+            f"(4) consumer {name}, working off the backlog",
+            rate,
+            "caught up: at least this" if caught_up else f"for {results.consumer_window:.0f} s",
+        )
     print()
-    print(f"stored after the first write: {after_first:,} (accepted {accepted:,} of {total:,})")
     print(
-        f"stored after the replays:     {after_replay:,} / {after_fresh_ids:,} "
-        f"(nothing new: {after_first == after_replay == after_fresh_ids})"
+        "(1)-(3) are measured with telemetry's event consumers (analytics rollups, devices\n"
+        "last_seen) paused, each phase once the outbox is published and the mesh is idle; (4)\n"
+        "is those consumers alone afterwards, in readings/s of the events they acknowledged.\n"
+        "'consumers running' is ingest while they work through that backlog, as deployed."
+    )
+    stored = results.stored
+    print(
+        f"stored after the first write: {stored['first']:,} "
+        f"(accepted {results.accepted:,} of {meters * args.readings * args.scale:,})"
     )
     print(
-        f"ingest process peak RSS: {rss / 2**20:.0f} MiB with {meters} concurrent streams "
-        "(target < 300 MiB)"
+        f"stored after the replays:     {stored['replay']:,} / {stored['fresh_ids']:,} "
+        f"(nothing new: {stored['first'] == stored['replay'] == stored['fresh_ids']})"
+    )
+    print(
+        f"ingest process peak RSS: {results.rss / 2**20:.0f} MiB with {meters} concurrent "
+        "streams (target < 300 MiB)"
     )
     print(
         "ingest peak RSS after each phase: "
-        + ", ".join(f"{name} {value / 2**20:.0f} MiB" for name, value in phase_rss.items())
+        + ", ".join(f"{name} {value / 2**20:.0f} MiB" for name, value in results.phase_rss.items())
     )
     print(f"cores: {os.cpu_count()}; client, service, PostgreSQL and Envoy share them")
+    print("\nCPU seconds per phase (process trees; bench: the load generator; <phase>:ev: the")
+    print("consumers catching up on that phase's events, per reading accepted)")
+    print("\n".join(results.cpu))
 
 
 def main() -> None:
@@ -372,6 +504,12 @@ def main() -> None:
     parser.add_argument("--meters", type=int, default=1000)
     parser.add_argument("--readings", type=int, default=1000, help="per meter and run")
     parser.add_argument("--scale", type=int, default=1, help="multiplies readings per meter")
+    parser.add_argument(
+        "--consumer-seconds",
+        type=float,
+        default=10.0,
+        help="how long the event consumers are watched working off the backlog",
+    )
     parser.add_argument(
         "--profile", metavar="DIR", help="sample the ingest process with py-spy per phase"
     )
