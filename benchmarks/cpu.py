@@ -13,6 +13,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 TICKS = os.sysconf("SC_CLK_TCK")
+# The column of CPU time used by processes outside the measured trees (other work on the
+# machine: a noisy neighbour shows up here).
+OUTSIDE = "outside"
 
 
 def _stat(pid: int) -> tuple[int, float] | None:
@@ -34,6 +37,13 @@ def _table() -> dict[int, tuple[int, float]]:
             if stat is not None:
                 table[int(entry.name)] = stat
     return table
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine has been busy (every core, every process) since boot."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / TICKS
 
 
 def cpu_seconds(roots: Mapping[str, int]) -> dict[str, float]:
@@ -71,23 +81,25 @@ class CpuMeter:
         return cpu_seconds({n: pid for n, pid in self.roots.items() if n not in exclude})
 
     def start(self) -> None:
-        self._start = cpu_seconds(self.roots)
+        self._start = {**cpu_seconds(self.roots), OUTSIDE: machine_busy_seconds()}
 
     def stop(self, phase: str, wall_seconds: float, readings: int) -> None:
         end = cpu_seconds(self.roots)
         used = {name: end[name] - self._start.get(name, 0.0) for name in self.roots}
+        machine = machine_busy_seconds() - self._start[OUTSIDE]
+        used[OUTSIDE] = max(0.0, machine - sum(used.values()))
         self.phases.append((phase, wall_seconds, readings, used))
 
     def report(self) -> list[str]:
-        """A table: per phase, wall time, CPU seconds per component, and the CPU per reading
-        of all of them together."""
-        names = list(self.roots)
+        """A table: per phase, wall time, CPU seconds per component and outside them, and the
+        CPU per reading of the components together."""
+        names = [*self.roots, OUTSIDE]
         head = f"| {'phase':<10} | {'wall s':>6} | " + " | ".join(f"{n:>9}" for n in names)
         head += f" | {'all':>6} | {'us/reading':>10} |"
         rule = "|".join("-" * len(part) for part in head.split("|")[1:-1])
         lines = [head, f"|{rule}|"]
         for phase, wall, readings, used in self.phases:
-            total = sum(used.values())
+            total = sum(value for name, value in used.items() if name != OUTSIDE)
             lines.append(
                 f"| {phase:<10} | {wall:>6.2f} | "
                 + " | ".join(f"{used[n]:>9.2f}" for n in names)

@@ -121,8 +121,15 @@ class Outbox:
             if not rows:
                 return 0
             js = self._messaging.jetstream
-            for row in rows:
-                await js.publish(row.subject, row.payload, headers=row.headers, timeout=5)
+            # Sent one after another without waiting for each acknowledgement (one round trip
+            # for the lot); all must be acknowledged before the rows go. If one fails, the
+            # rows stay and are published again: Nats-Msg-Id makes JetStream store them once.
+            await asyncio.gather(
+                *(
+                    js.publish(row.subject, row.payload, headers=row.headers, timeout=5)
+                    for row in rows
+                )
+            )
             # Published rows are deleted, not kept: payloads may carry secrets (reset links)
             # that must not linger in the database. JetStream now holds the event.
             await session.execute(delete(table).where(table.c.id.in_([row.id for row in rows])))

@@ -115,7 +115,8 @@ class ReadingStream:
         self.max_unacked = max_unacked_batches
         self.linger = linger_seconds
         self.retry = retry or RetryPolicy()
-        self._prefix = batch_id_prefix or uuid.uuid4().hex[:16]
+        # Made on first use: callers that name their batches never need it.
+        self._prefix = batch_id_prefix
         self._sequence = 0
         self._raise_rejected = raise_on_rejected_batch
         self._on_ack = on_ack
@@ -217,6 +218,8 @@ class ReadingStream:
             raise self._error
 
     def _next_batch_id(self) -> str:
+        if self._prefix is None:
+            self._prefix = uuid.uuid4().hex[:16]
         self._sequence += 1
         return f"{self._prefix}-{self._sequence}"
 
