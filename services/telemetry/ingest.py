@@ -39,14 +39,13 @@ import psycopg
 import sqlalchemy.exc
 from google.protobuf import json_format, timestamp_pb2
 from google.rpc import code_pb2, status_pb2
-from sqlalchemy.ext.asyncio import AsyncSession
+from psycopg.types.json import Jsonb
 
 from energymesh.telemetry.v1 import events_pb2, telemetry_pb2
 from services.kernel.database import Database
 from services.kernel.errors import DomainError, Unavailable
 from services.kernel.outbox import Outbox, event_headers
 from services.telemetry.events import READINGS_COMMITTED
-from services.telemetry.models import OUTBOX
 from services.telemetry.partitions import Partitions
 
 log = logging.getLogger(__name__)
@@ -140,6 +139,10 @@ STORED_BEFORE = """
     WHERE r.xmin <> pg_current_xact_id()::xid
 """
 COPY_STORED_BEFORE = f"COPY ({STORED_BEFORE}) TO STDOUT (FORMAT BINARY)"
+COPY_BATCHES = (
+    "COPY telemetry.batches (meter_id, batch_id, organization_id, result, commit_time) FROM STDIN"
+)
+COPY_OUTBOX = "COPY telemetry.outbox (id, subject, payload, headers) FROM STDIN"
 BATCHES_DONE = """
     SELECT b.meter_id::text, b.batch_id, b.result
     FROM telemetry.batches b
@@ -510,7 +513,7 @@ class GroupCommitWriter:
                     for position, result in zip(writing, fresh, strict=True):
                         results[position] = result
                     await self._record_batches(cursor, group, writing, results, now)
-                    await self._emit_events(session, group, writing, *self._last_accepted)
+                    await self._emit_events(cursor, group, writing, *self._last_accepted)
         self._outbox.wake()
         for position, leader in followers.items():
             copy = telemetry_pb2.BatchResult()
@@ -738,25 +741,23 @@ class GroupCommitWriter:
             if group[p].batch_id
         ]
         if rows:
-            # No ON CONFLICT: a batch id committed meanwhile by another replica is a
-            # UniqueViolation, and the whole group is retried (it then replays that batch).
-            await cursor.executemany(
-                "INSERT INTO telemetry.batches "
-                "(meter_id, batch_id, organization_id, result, commit_time) "
-                "VALUES (%s, %s, %s, %s, %s)",
-                rows,
-            )
+            # COPY (a statement per row costs PostgreSQL more than the readings' share). A
+            # batch id committed meanwhile by another replica is a UniqueViolation, and the
+            # whole group is retried (it then replays that batch).
+            async with cursor.copy(COPY_BATCHES) as copy:
+                for row in rows:
+                    await copy.write_row(row)
 
     async def _emit_events(
         self,
-        session: AsyncSession,
+        cursor: psycopg.AsyncCursor[object],
         group: Sequence[PendingBatch],
         writing: Sequence[int],
         accepted_times: Int64s,
         accepted_owner: npt.NDArray[np.int32],
     ) -> None:
         """One telemetry.readings.committed per meter that got new readings, all queued in
-        the outbox with one statement."""
+        the outbox (the kernel's Outbox.add, for many events) with one COPY."""
         if not len(accepted_times):
             return
         # accepted_owner is ascending (readings are concatenated batch by batch): reduce per
@@ -777,27 +778,25 @@ class GroupCommitWriter:
                 entry[2] = max(entry[2], last)
                 entry[3] += count
                 entry[4].append(batch)
-        rows = []
-        for meter_id, (organization_id, first, last, count, batches) in per_meter.items():
-            event = events_pb2.ReadingsCommitted(
-                organization_id=organization_id,
-                meter_id=meter_id,
-                first_time=timestamp_of_ms(first),
-                last_time=timestamp_of_ms(last),
-                count=count,
-                batch_ids=[b.batch_id for b in batches if b.batch_id],
-            )
-            message_id = str(uuid.uuid4())
-            rows.append(
-                {
-                    "id": message_id,
-                    "subject": READINGS_COMMITTED,
-                    "payload": json_format.MessageToJson(event, indent=None).encode(),
-                    "headers": event_headers(event, message_id),
-                }
-            )
-        # The kernel's Outbox.add, for many events in one round trip.
-        await session.execute(OUTBOX.insert(), rows)
+        async with cursor.copy(COPY_OUTBOX) as copy:
+            for meter_id, (organization_id, first, last, count, batches) in per_meter.items():
+                event = events_pb2.ReadingsCommitted(
+                    organization_id=organization_id,
+                    meter_id=meter_id,
+                    first_time=timestamp_of_ms(first),
+                    last_time=timestamp_of_ms(last),
+                    count=count,
+                    batch_ids=[b.batch_id for b in batches if b.batch_id],
+                )
+                message_id = str(uuid.uuid4())
+                await copy.write_row(
+                    (
+                        message_id,
+                        READINGS_COMMITTED,
+                        json_format.MessageToJson(event, indent=None).encode(),
+                        Jsonb(event_headers(event, message_id)),
+                    )
+                )
 
 
 STORED_ROW = np.dtype(
