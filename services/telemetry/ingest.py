@@ -102,8 +102,9 @@ PARALLEL_MIN_READINGS = 10_000
 # committed in groups of many messages (each transaction, outbox event and fsync costs as
 # much as thousands of readings); acks still follow the commits.
 SMALL_GROUP_INTERVAL_SECONDS = 0.05
-# After a direct COPY met stored keys, this many groups go through staging straight away.
-DIRECT_BACKOFF_GROUPS = 4
+# After a direct COPY met stored keys, groups go through staging straight away for this long
+# (a replay comes as a run of groups; new data after it goes direct again).
+DIRECT_BACKOFF_SECONDS = 1.0
 STAGING_ROW = np.dtype(
     [
         ("fields", ">i2"),
@@ -384,7 +385,7 @@ class GroupCommitWriter:
         self._max_group = max_group_readings
         self._queue: deque[PendingBatch] = deque()
         self._wakeup = asyncio.Event()
-        self._skip_direct = 0
+        self._staging_until = 0.0
         self._queued_readings = 0
         self._in_flight = 0
         self._last_start = 0.0
@@ -662,7 +663,7 @@ class GroupCommitWriter:
         stored_value = np.full(total, np.nan)
         if not len(seqs):
             return existed, stored_value
-        if self._skip_direct == 0:
+        if time.monotonic() >= self._staging_until:
             # Fast path for new data: COPY straight into readings. A key stored before makes
             # the COPY fail (unique violation); then the savepoint is rolled back and the
             # staging path below sorts duplicates from conflicts.
@@ -682,12 +683,10 @@ class GroupCommitWriter:
                 await cursor.execute("ROLLBACK TO SAVEPOINT ingest_direct")
                 # Back in the top-level transaction, whose xid STORED_BEFORE compares with.
                 await cursor.execute("RELEASE SAVEPOINT ingest_direct")
-                self._skip_direct = DIRECT_BACKOFF_GROUPS
+                self._staging_until = time.monotonic() + DIRECT_BACKOFF_SECONDS
             else:
                 await cursor.execute("RELEASE SAVEPOINT ingest_direct")
                 return existed, stored_value
-        else:
-            self._skip_direct -= 1
         await cursor.execute(CREATE_STAGING)
         rows = np.zeros(len(seqs), dtype=STAGING_ROW)
         rows["fields"] = 4
