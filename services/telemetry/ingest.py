@@ -227,6 +227,35 @@ def classify_one(
     return 0
 
 
+def repeats(
+    meters: npt.NDArray[np.int32],
+    times: Int64s,
+    owner: npt.NDArray[np.int32],
+    one_batch_per_meter: bool,
+) -> tuple[npt.NDArray[np.bool_], Int64s]:
+    """Readings of a group repeated inside it (same meter and time): per reading, whether an
+    earlier one (in arrival order) has its key, and the position of the first one, which
+    leads the key. Readings are concatenated batch by batch (`owner` ascending)."""
+    total = len(times)
+    leader = np.arange(total, dtype=np.int64)
+    if one_batch_per_meter and (
+        total < 2 or bool(np.all((np.diff(times) > 0) | (owner[1:] != owner[:-1])))
+    ):
+        # The usual group: each meter in one batch, its times increasing. Nothing repeats;
+        # no sort needed.
+        return np.zeros(total, dtype=bool), leader
+    order = np.lexsort((leader, times, meters))
+    repeated_sorted = np.zeros(total, dtype=bool)
+    repeated_sorted[1:] = (meters[order][1:] == meters[order][:-1]) & (
+        times[order][1:] == times[order][:-1]
+    )
+    lead_sorted = np.maximum.accumulate(np.where(repeated_sorted, 0, leader))
+    leader[order] = order[lead_sorted]
+    repeated = np.zeros(total, dtype=bool)
+    repeated[order] = repeated_sorted
+    return repeated, leader
+
+
 @dataclass(eq=False)
 class PendingBatch:
     """A validated batch waiting for its commit."""
@@ -549,18 +578,7 @@ class GroupCommitWriter:
         batch_meter = np.array([meter_code[b.meter_id] for b in batches], dtype=np.int32)
         meters = batch_meter[owner] if total else np.empty(0, dtype=np.int32)
 
-        # Readings repeated inside the group: the first (in arrival order) leads its key.
-        order = np.lexsort((np.arange(total), times, meters))
-        repeated_sorted = np.zeros(total, dtype=bool)
-        if total > 1:
-            repeated_sorted[1:] = (meters[order][1:] == meters[order][:-1]) & (
-                times[order][1:] == times[order][:-1]
-            )
-        lead_sorted = np.maximum.accumulate(np.where(repeated_sorted, 0, np.arange(total)))
-        leader = np.empty(total, dtype=np.int64)
-        leader[order] = order[lead_sorted]
-        repeated = np.zeros(total, dtype=bool)
-        repeated[order] = repeated_sorted
+        repeated, leader = repeats(meters, times, owner, len(meter_ids) == count)
         staged = np.flatnonzero(~repeated)
 
         uuids = np.frombuffer(
