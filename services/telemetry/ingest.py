@@ -132,11 +132,18 @@ INSERT_STAGED = """
     )
     SELECT count(*) FROM inserted
 """
-# Rows this transaction did not write were stored before (or by a concurrent writer).
+# Rows this transaction did not write were stored before (or by a concurrent writer). One
+# index lookup per staged key (LIMIT 1 keeps the subquery from being flattened into a join),
+# whatever the size of readings: as a join, the planner hashes the whole table instead, which
+# reads millions of rows to find 50,000.
 STORED_BEFORE = """
     SELECT s.seq, r.value
     FROM telemetry_ingest_staging s
-    JOIN telemetry.readings r ON r.meter_id = s.meter_id AND r.time = s.time
+    CROSS JOIN LATERAL (
+        SELECT r.value, r.xmin FROM telemetry.readings r
+        WHERE r.meter_id = s.meter_id AND r.time = s.time
+        LIMIT 1
+    ) r
     WHERE r.xmin <> pg_current_xact_id()::xid
 """
 COPY_STORED_BEFORE = f"COPY ({STORED_BEFORE}) TO STDOUT (FORMAT BINARY)"
