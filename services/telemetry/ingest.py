@@ -193,6 +193,8 @@ def classify(
             dtype=np.int8,
         )
     reasons = np.zeros(len(times), dtype=np.int8)
+    if all_valid(times, values, rules, now_ms, horizon_ms):
+        return reasons
 
     def mark(mask: npt.NDArray[np.bool_], reason: int) -> None:
         reasons[(reasons == 0) & mask] = reason
@@ -207,6 +209,28 @@ def classify(
         if rules is not None and rules.register_type == CUMULATIVE and rules.rollover_value:
             mark(values > rules.rollover_value, IMPLAUSIBLE)
     return reasons
+
+
+def all_valid(
+    times: Int64s, values: Floats, rules: MeterRules | None, now_ms: int, horizon_ms: int
+) -> bool:
+    """Whether `classify` would find every reading valid, decided from the extremes alone (a
+    handful of reductions instead of a mask per rule: the usual batch). A NaN makes min and
+    max NaN, which fails every comparison."""
+    if not len(times):
+        return True
+    lowest, highest = float(values.min()), float(values.max())
+    valid = (
+        int(times.min()) >= now_ms - horizon_ms
+        and int(times.max()) <= now_ms + FUTURE_TOLERANCE_MS
+        and lowest >= -MAX_ABS_VALUE
+        and highest <= MAX_ABS_VALUE
+    )
+    if valid and rules is not None and rules.register_type in COUNTER_REGISTERS:
+        valid = lowest >= 0
+    if valid and rules is not None and rules.register_type == CUMULATIVE and rules.rollover_value:
+        valid = highest <= rules.rollover_value
+    return valid
 
 
 def classify_one(
@@ -511,6 +535,7 @@ class GroupCommitWriter:
     async def _commit(self, group: Sequence[PendingBatch]) -> list[telemetry_pb2.BatchResult]:
         now = datetime.now(UTC)
         results: list[telemetry_pb2.BatchResult | None] = [None] * len(group)
+        events = 0
         followers: dict[int, int] = {}
         leaders: dict[tuple[str, str], int] = {}
         for position, batch in enumerate(group):
@@ -550,8 +575,9 @@ class GroupCommitWriter:
                     for position, result in zip(writing, fresh, strict=True):
                         results[position] = result
                     await self._record_batches(cursor, group, writing, results, now)
-                    await self._emit_events(cursor, group, writing, *self._last_accepted)
-        self._outbox.wake()
+                    events = await self._emit_events(cursor, group, writing, *self._last_accepted)
+        if events:
+            self._outbox.wake()
         for position, leader in followers.items():
             copy = telemetry_pb2.BatchResult()
             copy.CopyFrom(results[leader])  # type: ignore[arg-type]
@@ -779,11 +805,11 @@ class GroupCommitWriter:
         writing: Sequence[int],
         accepted_times: Int64s,
         accepted_owner: npt.NDArray[np.int32],
-    ) -> None:
+    ) -> int:
         """One telemetry.readings.committed per meter that got new readings, all queued in
-        the outbox (the kernel's Outbox.add, for many events) with one COPY."""
+        the outbox (the kernel's Outbox.add, for many events) with one COPY; how many."""
         if not len(accepted_times):
-            return
+            return 0
         # accepted_owner is ascending (readings are concatenated batch by batch): reduce per
         # batch with numpy, then merge the batches of each meter.
         starts = np.flatnonzero(np.r_[True, accepted_owner[1:] != accepted_owner[:-1]])
@@ -821,6 +847,7 @@ class GroupCommitWriter:
                         Jsonb(event_headers(event, message_id)),
                     )
                 )
+        return len(per_meter)
 
 
 STORED_ROW = np.dtype(

@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from services.telemetry.ingest import repeats
+from services.telemetry.ingest import (
+    FUTURE_TOLERANCE_MS,
+    SMALL_BATCH,
+    MeterRules,
+    classify,
+    classify_one,
+    repeats,
+)
 
 
 def reference(meters: list[int], times: list[int]) -> tuple[list[bool], list[int]]:
@@ -43,3 +50,33 @@ def test_repeats_matches_a_plain_scan(seed: int) -> None:
     )
 
     assert (repeated.tolist(), leader.tolist()) == reference(meters, times)
+
+
+RULES = (
+    None,
+    MeterRules(register_type=1),
+    MeterRules(register_type=1, rollover_value=500.0),
+    MeterRules(register_type=2),
+    MeterRules(register_type=3),
+)
+
+
+@pytest.mark.parametrize("seed", range(100))
+def test_classify_agrees_with_classify_one(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    now_ms, horizon_ms = 1_800_000_000_000, 86_400_000
+    size = int(rng.integers(SMALL_BATCH + 1, 60))
+    times = now_ms - rng.integers(-FUTURE_TOLERANCE_MS // 2, horizon_ms // 2, size)
+    values = rng.uniform(0, 400, size)
+    if seed % 2:  # most batches are all valid; spoil every other one here and there
+        spoiled = rng.integers(0, size, 3)
+        times[spoiled[0]] = now_ms + 2 * FUTURE_TOLERANCE_MS if seed % 4 == 1 else 0
+        values[spoiled[1]] = [np.nan, np.inf, -1.0, 600.0, 2e15][seed % 5]
+        values[spoiled[2]] = -0.0
+    for rules in RULES:
+        reasons = classify(times, values, rules, now_ms, horizon_ms)
+        expected = [
+            classify_one(int(t), float(v), rules, now_ms, horizon_ms)
+            for t, v in zip(times.tolist(), values.tolist(), strict=True)
+        ]
+        assert reasons.tolist() == expected
