@@ -23,6 +23,7 @@ database fails, every batch of the group fails with UNAVAILABLE and nothing is a
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import time
@@ -30,14 +31,14 @@ import uuid
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import psycopg
 import sqlalchemy.exc
-from google.protobuf import json_format, timestamp_pb2
+from google.protobuf import timestamp_pb2
 from google.rpc import code_pb2, status_pb2
 from psycopg.types.json import Jsonb
 
@@ -408,10 +409,40 @@ class RetryGroup(Exception):
     """A concurrent writer (another replica) committed some of the same keys first."""
 
 
-def timestamp_of_ms(ms: int) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromMilliseconds(ms)
-    return stamp
+READINGS_COMMITTED_TYPE = events_pb2.ReadingsCommitted()
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def json_time_of_ms(ms: int) -> str:
+    """A Timestamp in proto3 JSON (RFC 3339, UTC, fractional digits only when not zero)."""
+    moment = EPOCH + timedelta(milliseconds=ms)
+    text = moment.strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{text}.{ms % 1000:03d}Z" if ms % 1000 else f"{text}Z"
+
+
+def readings_committed_json(
+    organization_id: str,
+    meter_id: str,
+    first_ms: int,
+    last_ms: int,
+    count: int,
+    batch_ids: list[str],
+) -> bytes:
+    """A ReadingsCommitted in proto3 JSON, exactly as json_format.MessageToJson writes it
+    (fields in number order, defaults left out), without building the message: a load of a
+    thousand meters queues a thousand events per round of commits."""
+    event: dict[str, object] = {}
+    if organization_id:
+        event["organizationId"] = organization_id
+    if meter_id:
+        event["meterId"] = meter_id
+    event["firstTime"] = json_time_of_ms(first_ms)
+    event["lastTime"] = json_time_of_ms(last_ms)
+    if count:
+        event["count"] = count
+    if batch_ids:
+        event["batchIds"] = batch_ids
+    return json.dumps(event).encode()
 
 
 def ok_status() -> status_pb2.Status:
@@ -830,23 +861,17 @@ class GroupCommitWriter:
                 entry[4].append(batch)
         async with cursor.copy(COPY_OUTBOX) as copy:
             for meter_id, (organization_id, first, last, count, batches) in per_meter.items():
-                event = events_pb2.ReadingsCommitted(
-                    organization_id=organization_id,
-                    meter_id=meter_id,
-                    first_time=timestamp_of_ms(first),
-                    last_time=timestamp_of_ms(last),
-                    count=count,
-                    batch_ids=[b.batch_id for b in batches if b.batch_id],
+                payload = readings_committed_json(
+                    organization_id,
+                    meter_id,
+                    first,
+                    last,
+                    count,
+                    [b.batch_id for b in batches if b.batch_id],
                 )
                 message_id = str(uuid.uuid4())
-                await copy.write_row(
-                    (
-                        message_id,
-                        READINGS_COMMITTED,
-                        json_format.MessageToJson(event, indent=None).encode(),
-                        Jsonb(event_headers(event, message_id)),
-                    )
-                )
+                headers = event_headers(READINGS_COMMITTED_TYPE, message_id)
+                await copy.write_row((message_id, READINGS_COMMITTED, payload, Jsonb(headers)))
         return len(per_meter)
 
 

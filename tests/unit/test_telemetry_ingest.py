@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from google.protobuf import json_format, timestamp_pb2
 
+from energymesh.telemetry.v1 import events_pb2
 from services.telemetry.ingest import (
     FUTURE_TOLERANCE_MS,
     SMALL_BATCH,
     MeterRules,
     classify,
     classify_one,
+    readings_committed_json,
     repeats,
 )
 
@@ -80,3 +83,36 @@ def test_classify_agrees_with_classify_one(seed: int) -> None:
             for t, v in zip(times.tolist(), values.tolist(), strict=True)
         ]
         assert reasons.tolist() == expected
+
+
+def timestamp(ms: int) -> timestamp_pb2.Timestamp:
+    return timestamp_pb2.Timestamp(seconds=ms // 1000, nanos=ms % 1000 * 1_000_000)
+
+
+@pytest.mark.parametrize(
+    ("first_ms", "last_ms", "batch_ids"),
+    [
+        (1_800_000_000_000, 1_800_000_060_000, ["a-1", "a-2"]),
+        (1_800_000_000_123, 1_800_000_000_123, []),
+        (0, 999, ['quote " and backslash \\', "ünïcode"]),
+        (253_402_300_799_999, 253_402_300_799_999, ["late"]),
+    ],
+)
+def test_readings_committed_json_is_the_messages_proto3_json(
+    first_ms: int, last_ms: int, batch_ids: list[str]
+) -> None:
+    event = events_pb2.ReadingsCommitted(
+        organization_id="org",
+        meter_id="meter",
+        first_time=timestamp_pb2.Timestamp(
+            seconds=first_ms // 1000, nanos=first_ms % 1000 * 1_000_000
+        ),
+        last_time=timestamp_pb2.Timestamp(
+            seconds=last_ms // 1000, nanos=last_ms % 1000 * 1_000_000
+        ),
+        count=7,
+        batch_ids=batch_ids,
+    )
+    expected = json_format.MessageToJson(event, indent=None).encode()
+
+    assert readings_committed_json("org", "meter", first_ms, last_ms, 7, batch_ids) == expected
