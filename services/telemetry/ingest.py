@@ -23,13 +23,14 @@ database fails, every batch of the group fails with UNAVAILABLE and nothing is a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -43,7 +44,6 @@ from google.rpc import code_pb2, status_pb2
 from psycopg.types.json import Jsonb
 
 from energymesh.telemetry.v1 import events_pb2, telemetry_pb2
-from services.kernel.database import Database
 from services.kernel.errors import DomainError, Unavailable
 from services.kernel.outbox import Outbox, event_headers
 from services.telemetry.events import READINGS_COMMITTED
@@ -94,6 +94,7 @@ COPY_STAGING = (
     "COPY telemetry_ingest_staging (meter_id, time, value, seq) FROM STDIN (FORMAT BINARY)"
 )
 COMMITTERS = 2
+CONNECT_TIMEOUT_SECONDS = 3
 COPY_CHUNK_BYTES = 128 * 1024
 # A second commit starts while one is in flight only for at least this many queued readings:
 # small batches (one reading per message) then gather into one group while the first commit
@@ -409,6 +410,10 @@ class RetryGroup(Exception):
     """A concurrent writer (another replica) committed some of the same keys first."""
 
 
+class StoredBefore(Exception):
+    """A direct COPY met a reading stored before: the group goes through staging."""
+
+
 READINGS_COMMITTED_TYPE = events_pb2.ReadingsCommitted()
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -463,13 +468,14 @@ class GroupCommitWriter:
 
     def __init__(
         self,
-        database: Database,
+        database_url: str,
         outbox: Outbox,
         partitions: Partitions,
         buffer: IngestBuffer,
         max_group_readings: int,
     ) -> None:
-        self._database = database
+        self._database_url = database_url
+        self._connections: list[psycopg.AsyncConnection[Any]] = []
         self._outbox = outbox
         self._partitions = partitions
         self._buffer = buffer
@@ -481,6 +487,30 @@ class GroupCommitWriter:
         self._in_flight = 0
         self._last_start = 0.0
         self.stats = IngestStats()
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """A connection of the writer's own, kept between groups (one per committer): a
+        group's transaction is a handful of statements, and a pool checkout (with its ping)
+        would add to them. A connection left in any state but idle is closed, not kept."""
+        pg = self._connections.pop() if self._connections else None
+        if pg is None:
+            pg = await psycopg.AsyncConnection.connect(
+                self._database_url,
+                connect_timeout=CONNECT_TIMEOUT_SECONDS,
+                application_name="energymesh-telemetry-ingest",
+            )
+        try:
+            yield pg
+        finally:
+            if pg.broken or pg.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                await pg.close()
+            elif not pg.closed:
+                self._connections.append(pg)
+
+    async def close(self) -> None:
+        while self._connections:
+            await self._connections.pop().close()
 
     def submit(self, batch: PendingBatch) -> asyncio.Future[telemetry_pb2.BatchResult]:
         """Queues a batch; its future resolves with its result after COMMIT (or fails)."""
@@ -564,6 +594,19 @@ class GroupCommitWriter:
                 batch.future.exception()
 
     async def _commit(self, group: Sequence[PendingBatch]) -> list[telemetry_pb2.BatchResult]:
+        if time.monotonic() >= self._staging_until:
+            try:
+                return await self._commit_once(group, direct=True)
+            except StoredBefore:
+                self._staging_until = time.monotonic() + DIRECT_BACKOFF_SECONDS
+        return await self._commit_once(group, direct=False)
+
+    async def _commit_once(
+        self, group: Sequence[PendingBatch], *, direct: bool
+    ) -> list[telemetry_pb2.BatchResult]:
+        """One transaction for the group. `direct`: COPY new readings straight into readings
+        (raises StoredBefore, the transaction rolled back, if one of them is stored already);
+        otherwise through the staging table, which sorts new readings from stored ones."""
         now = datetime.now(UTC)
         results: list[telemetry_pb2.BatchResult | None] = [None] * len(group)
         events = 0
@@ -576,37 +619,36 @@ class GroupCommitWriter:
                     followers[position] = leaders[key]
                 else:
                     leaders[key] = position
-        await self._partitions.ensure_for(
-            np.concatenate([b.times[b.reasons == 0] for b in group]) if group else np.empty(0)
-        )
-        async with self._database.transaction() as session:
-            connection = await session.connection()
-            raw = await connection.get_raw_connection()
-            pg: psycopg.AsyncConnection[object] = raw.driver_connection  # type: ignore[assignment]
-            async with pg.cursor() as cursor:
-                if leaders:
-                    await cursor.execute(
-                        BATCHES_DONE,
-                        ([key[0] for key in leaders], [key[1] for key in leaders]),
-                    )
-                    done: list[Any] = await cursor.fetchall()
-                    for meter_id, batch_id, stored_result in done:
-                        position = leaders[(str(meter_id), str(batch_id))]
-                        result = telemetry_pb2.BatchResult.FromString(bytes(stored_result))
-                        result.batch_index = group[position].index
-                        result.replayed = True
-                        results[position] = result
-                writing = [
-                    position
-                    for position in range(len(group))
-                    if results[position] is None and position not in followers
-                ]
-                if writing:
-                    fresh = await self._write(cursor, [group[p] for p in writing], now)
-                    for position, result in zip(writing, fresh, strict=True):
-                        results[position] = result
-                    await self._record_batches(cursor, group, writing, results, now)
-                    events = await self._emit_events(cursor, group, writing, *self._last_accepted)
+        times = np.concatenate([b.times for b in group])
+        await self._partitions.ensure_for(times[np.concatenate([b.reasons for b in group]) == 0])
+        async with self._connection() as pg, pg.transaction(), pg.cursor() as cursor:
+            if leaders:
+                await cursor.execute(
+                    BATCHES_DONE,
+                    ([key[0] for key in leaders], [key[1] for key in leaders]),
+                )
+                done: list[Any] = await cursor.fetchall()
+                for meter_id, batch_id, stored_result in done:
+                    position = leaders[(str(meter_id), str(batch_id))]
+                    result = telemetry_pb2.BatchResult.FromString(bytes(stored_result))
+                    result.batch_index = group[position].index
+                    result.replayed = True
+                    results[position] = result
+            writing = [
+                position
+                for position in range(len(group))
+                if results[position] is None and position not in followers
+            ]
+            if writing:
+                fresh, accepted_times, accepted_owner = await self._write(
+                    cursor, [group[p] for p in writing], now, direct
+                )
+                for position, result in zip(writing, fresh, strict=True):
+                    results[position] = result
+                await self._record_batches(cursor, group, writing, results, now)
+                events = await self._emit_events(
+                    cursor, group, writing, accepted_times, accepted_owner
+                )
         if events:
             self._outbox.wake()
         for position, leader in followers.items():
@@ -624,10 +666,13 @@ class GroupCommitWriter:
 
     async def _write(
         self,
-        cursor: psycopg.AsyncCursor[object],
+        cursor: psycopg.AsyncCursor[Any],
         batches: Sequence[PendingBatch],
         now: datetime,
-    ) -> list[telemetry_pb2.BatchResult]:
+        direct: bool,
+    ) -> tuple[list[telemetry_pb2.BatchResult], Int64s, npt.NDArray[np.int32]]:
+        """Stores the batches' valid readings; their results, and the time and batch (position
+        in `batches`) of every reading stored."""
         count = len(batches)
         lengths = np.fromiter((len(b.times) for b in batches), np.int64, count)
         all_times = np.concatenate([b.times for b in batches])
@@ -649,7 +694,7 @@ class GroupCommitWriter:
             b"".join(uuid.UUID(meter_id).bytes for meter_id in meter_ids), dtype="V16"
         )
         existed, stored_value = await self._store(
-            cursor, uuids[meters[staged]], times[staged], values[staged], staged, total
+            cursor, uuids[meters[staged]], times[staged], values[staged], staged, total, direct
         )
         # What is stored for each key now: the older value, or what its leader just wrote.
         effective = np.where(existed, stored_value, values)
@@ -703,7 +748,6 @@ class GroupCommitWriter:
             all_owner.astype(np.int64) * width + all_reasons, minlength=count * width
         ).reshape(count, width)
         by_reason[:, CONFLICT] += np.bincount(owner[conflict], minlength=count)
-        self._last_accepted = (times[accepted], owner[accepted])
         accepted_counts = outcome.accepted.tolist()
         duplicate_counts = outcome.duplicates.tolist()
         has_rejected = [bool(n) for n in np.count_nonzero(by_reason, axis=1).tolist()]
@@ -728,16 +772,17 @@ class GroupCommitWriter:
                     if counts_of[reason]
                 )
             results.append(result)
-        return results
+        return results, times[accepted], owner[accepted]
 
     async def _store(
         self,
-        cursor: psycopg.AsyncCursor[object],
+        cursor: psycopg.AsyncCursor[Any],
         meters: npt.NDArray[np.void],
         times: Int64s,
         values: Floats,
         seqs: Int64s,
         total: int,
+        direct: bool,
     ) -> tuple[npt.NDArray[np.bool_], Floats]:
         """Stores the group's unique readings. Returns, per reading of the group, whether its
         (meter, time) was stored before and the value stored then."""
@@ -745,10 +790,10 @@ class GroupCommitWriter:
         stored_value = np.full(total, np.nan)
         if not len(seqs):
             return existed, stored_value
-        if time.monotonic() >= self._staging_until:
+        if direct:
             # Fast path for new data: COPY straight into readings. A key stored before makes
-            # the COPY fail (unique violation); then the savepoint is rolled back and the
-            # staging path below sorts duplicates from conflicts.
+            # the COPY fail (unique violation), and the group is written again through the
+            # staging table, which sorts duplicates from conflicts.
             rows = np.zeros(len(seqs), dtype=READING_ROW)
             rows["fields"] = 3
             rows["meter_len"] = 16
@@ -757,18 +802,12 @@ class GroupCommitWriter:
             rows["meter"] = meters
             rows["time"] = (times - PG_EPOCH_MS) * 1000
             rows["value"] = values
-            await cursor.execute("SAVEPOINT ingest_direct")
             try:
                 async with cursor.copy(COPY_READINGS) as copy:
                     await write_binary_copy(copy, rows)
             except psycopg.errors.UniqueViolation:
-                await cursor.execute("ROLLBACK TO SAVEPOINT ingest_direct")
-                # Back in the top-level transaction, whose xid STORED_BEFORE compares with.
-                await cursor.execute("RELEASE SAVEPOINT ingest_direct")
-                self._staging_until = time.monotonic() + DIRECT_BACKOFF_SECONDS
-            else:
-                await cursor.execute("RELEASE SAVEPOINT ingest_direct")
-                return existed, stored_value
+                raise StoredBefore from None
+            return existed, stored_value
         await cursor.execute(CREATE_STAGING)
         rows = np.zeros(len(seqs), dtype=STAGING_ROW)
         rows["fields"] = 4
@@ -784,7 +823,7 @@ class GroupCommitWriter:
             await write_binary_copy(copy, rows)
         await cursor.execute(INSERT_STAGED)
         inserted_row = await cursor.fetchone()
-        inserted = int(inserted_row[0]) if inserted_row else 0  # type: ignore[index]
+        inserted = int(inserted_row[0]) if inserted_row else 0
         if inserted < len(seqs):
             # Binary COPY, decoded with numpy: a replayed group is up to max_group_readings
             # rows, which as Python tuples would cost far more memory and time.
@@ -804,7 +843,7 @@ class GroupCommitWriter:
 
     async def _record_batches(
         self,
-        cursor: psycopg.AsyncCursor[object],
+        cursor: psycopg.AsyncCursor[Any],
         group: Sequence[PendingBatch],
         writing: Sequence[int],
         results: Sequence[telemetry_pb2.BatchResult | None],
@@ -831,7 +870,7 @@ class GroupCommitWriter:
 
     async def _emit_events(
         self,
-        cursor: psycopg.AsyncCursor[object],
+        cursor: psycopg.AsyncCursor[Any],
         group: Sequence[PendingBatch],
         writing: Sequence[int],
         accepted_times: Int64s,
