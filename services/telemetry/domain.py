@@ -107,6 +107,14 @@ def column(field: Sequence[float], dtype: type[np.generic]) -> npt.NDArray[Any]:
     return np.array(list(field) if len(field) <= SMALL_BATCH else field, dtype=dtype)
 
 
+async def all_of(
+    futures: Sequence[asyncio.Future[telemetry_pb2.BatchResult]],
+) -> list[telemetry_pb2.BatchResult]:
+    """The results in order (the first failure raised): asyncio.gather without a callback per
+    future, most of which are done already."""
+    return [await future for future in futures]
+
+
 def summarize(results: Sequence[telemetry_pb2.BatchResult]) -> telemetry_pb2.IngestSummary:
     summary = telemetry_pb2.IngestSummary(batches=len(results))
     rejected = dict.fromkeys(REASONS, 0)
@@ -242,18 +250,17 @@ class Telemetry:
         """StreamReadings: read under backpressure, answer once everything is committed."""
         stream = self.buffer.open()
         futures: list[asyncio.Future[telemetry_pb2.BatchResult]] = []
-        failed: list[BaseException] = []
-
-        def watch(future: asyncio.Future[telemetry_pb2.BatchResult]) -> None:
-            if not future.cancelled() and future.exception() is not None:
-                failed.append(future.exception())  # type: ignore[arg-type]
-
+        settled = 0  # futures[:settled] are done and succeeded
         try:
             index = 0
             while True:
                 await self.buffer.wait_for_room(stream)
-                if failed:
-                    raise failed[0]
+                # Once a batch has failed (the database is down), reading more is pointless.
+                # Looked at in order, without a callback per batch: one-reading messages come
+                # by the thousand.
+                while settled < len(futures) and futures[settled].done():
+                    futures[settled].result()
+                    settled += 1
                 try:
                     batch = await anext(requests)
                 except StopAsyncIteration:
@@ -263,13 +270,11 @@ class Telemetry:
                     pending = await self.prepare(caller, batch, index, stream)
                 except BatchRefused as refused:
                     # The batches before it are committed (or failed) before the call ends.
-                    await asyncio.gather(*futures)
+                    await all_of(futures)
                     raise refused.error from None
-                future = self.writer.submit(pending)
-                future.add_done_callback(watch)
-                futures.append(future)
+                futures.append(self.writer.submit(pending))
                 index += 1
-            return summarize(await asyncio.gather(*futures))
+            return summarize(await all_of(futures))
         finally:
             self.buffer.close(stream)
 
