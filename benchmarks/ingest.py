@@ -3,7 +3,7 @@
 In one run, on one freshly started mesh (embedded PostgreSQL, NATS, every service, Envoy):
 
 1. raw COPY of N readings into a table identical to telemetry.readings (the limit), the best
-   of three runs, each into the emptied table;
+   of three runs, each into the emptied table, alternating with the direct runs of (2);
 2. end-to-end: M meters, each streaming its readings in batches of 1,000 through the Python
    client (services.telemetry.client) on its own stream straight to the service, then again
    through Envoy, the best of three runs each, every run new data; the first run replayed
@@ -12,12 +12,14 @@ In one run, on one freshly started mesh (embedded PostgreSQL, NATS, every servic
 4. the consumers of telemetry.readings.committed (analytics rollups, devices last_seen)
    working through the events of all that, and one more end-to-end run while they do.
 
-Every phase starts once telemetry's outbox is published and the mesh has gone idle (under a
-tenth of a core). Telemetry's event consumers are paused during (1)-(3): on two shared cores
-they would otherwise spend the next phases on the previous one's events (analytics costs more
-CPU per reading than ingest). The real deployment runs them: (4) shows what they cost and
-how ingest fares beside them. Per phase, the CPU seconds of every process tree are printed,
-and the machine's CPU time outside them (other work on a shared machine).
+Every phase starts once telemetry's outbox is published, a CHECKPOINT has written the dirty
+buffers out and the mesh has gone idle (under a tenth of a core; the rest of the machine is
+given up to 15 s to do the same). Telemetry's event consumers are paused during (1)-(3): on
+two shared cores they would otherwise spend the next phases on the previous one's events
+(analytics costs more CPU per reading than ingest). The real deployment runs them: (4)
+shows what they cost and how ingest fares beside them. Per phase, the CPU seconds of every
+process tree are printed, and the machine's CPU time outside them (other work on a shared
+machine).
 
     python -m benchmarks.ingest [--meters 1000] [--readings 1000] [--scale 1] [--runs 3]
                                 [--consumer-seconds 10] [--profile DIR]
@@ -37,7 +39,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,7 +49,7 @@ import numpy as np
 import psycopg
 
 from benchmarks.consumers import ReadingConsumers
-from benchmarks.cpu import CpuMeter
+from benchmarks.cpu import CpuMeter, machine_busy_seconds
 from energymesh.telemetry.v1 import telemetry_pb2, telemetry_pb2_grpc
 from services.launcher.mesh import Mesh, MeshConfig
 from services.telemetry.client import ReadingStream
@@ -117,60 +119,76 @@ async def wait_outbox_empty(database_url: str, limit_seconds: float = 120.0) -> 
         await asyncio.sleep(0.05)
 
 
-async def wait_idle(cpu: CpuMeter, limit_seconds: float = 60.0) -> None:
+async def wait_idle(
+    cpu: CpuMeter, limit_seconds: float = 60.0, neighbours_seconds: float = 15.0
+) -> None:
     """Waits until the mesh has used under a tenth of a core for a second (leftover work
-    of the previous phase: consumers, outbox relays, autovacuum), so that the next
-    measurement is not depressed by it."""
-    deadline = time.monotonic() + limit_seconds
-    before = sum(cpu.sample(exclude=("bench",)).values())
-    while time.monotonic() < deadline:
+    of the previous phase: consumers, outbox relays, autovacuum), and for at most
+    `neighbours_seconds` until the rest of the machine has used under a quarter of a core
+    (other work on a shared machine), so that the next measurement is not depressed by it."""
+    started = time.monotonic()
+    mesh_before, machine_before = sum(cpu.sample().values()), machine_busy_seconds()
+    while time.monotonic() - started < limit_seconds:
         await asyncio.sleep(1.0)
-        after = sum(cpu.sample(exclude=("bench",)).values())
-        if after - before < 0.1:
+        mesh_after, machine_after = sum(cpu.sample().values()), machine_busy_seconds()
+        mesh = mesh_after - mesh_before
+        outside = machine_after - machine_before - mesh
+        if mesh < 0.1 and (outside < 0.25 or time.monotonic() - started > neighbours_seconds):
             return
-        before = after
+        mesh_before, machine_before = mesh_after, machine_after
 
 
-async def raw_copy(
-    database_url: str,
-    readings: int,
-    start_ms: int,
-    cpu: CpuMeter,
-    settle: Callable[[], Awaitable[None]],
-    runs: int = 3,
-) -> float:
-    """COPY straight into an identical partitioned table; readings/s, the best of `runs`
-    (each into an empty table, after the mesh has gone quiet)."""
-    meters = max(1, readings // 1000)
-    rows = np.zeros(readings, dtype=READING_ROW)
-    rows["fields"], rows["meter_len"], rows["time_len"], rows["value_len"] = 3, 16, 8, 8
-    ids = np.frombuffer(b"".join(uuid.uuid4().bytes for _ in range(meters)), dtype="V16")
-    per_meter = readings // meters
-    rows["meter"] = np.repeat(ids, per_meter)[:readings]
-    times = start_ms + np.tile(np.arange(per_meter, dtype=np.int64), meters) * INTERVAL_MS
-    rows["time"] = (times[:readings] - PG_EPOCH_MS) * 1000
-    rows["value"] = np.arange(readings, dtype=np.float64)
-    data = COPY_HEADER + rows.tobytes() + COPY_TRAILER
-    best = 0.0
+async def checkpoint(database_url: str) -> None:
+    """Writes every dirty buffer out, so that no phase pays for the previous one's."""
     async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as pg:
-        await pg.execute("DROP SCHEMA IF EXISTS bench CASCADE")
-        await pg.execute("CREATE SCHEMA bench")
-        await pg.execute(
-            "CREATE TABLE bench.readings (LIKE telemetry.readings INCLUDING ALL) "
-            "PARTITION BY RANGE (time)"
-        )
-        cursor = await pg.execute(
-            "SELECT pg_get_expr(c.relpartbound, c.oid), c.relname FROM pg_inherits i "
-            "JOIN pg_class c ON c.oid = i.inhrelid "
-            "WHERE i.inhparent = 'telemetry.readings'::regclass"
-        )
-        for bound, name in await cursor.fetchall():
-            await pg.execute(f"CREATE TABLE bench.{name} PARTITION OF bench.readings {bound}")
-        for run in range(runs):
+        await pg.execute("CHECKPOINT")
+
+
+class RawCopy:
+    """The limit: COPY of the same number of readings straight into a table identical to
+    telemetry.readings (its indexes and partitions), emptied before each run."""
+
+    def __init__(self, database_url: str, readings: int, start_ms: int) -> None:
+        self.database_url = database_url
+        self.readings = readings
+        meters = max(1, readings // 1000)
+        rows = np.zeros(readings, dtype=READING_ROW)
+        rows["fields"], rows["meter_len"], rows["time_len"], rows["value_len"] = 3, 16, 8, 8
+        ids = np.frombuffer(b"".join(uuid.uuid4().bytes for _ in range(meters)), dtype="V16")
+        per_meter = readings // meters
+        rows["meter"] = np.repeat(ids, per_meter)[:readings]
+        times = start_ms + np.tile(np.arange(per_meter, dtype=np.int64), meters) * INTERVAL_MS
+        rows["time"] = (times[:readings] - PG_EPOCH_MS) * 1000
+        rows["value"] = np.arange(readings, dtype=np.float64)
+        self.data = COPY_HEADER + rows.tobytes() + COPY_TRAILER
+
+    async def create(self) -> None:
+        async with await psycopg.AsyncConnection.connect(self.database_url, autocommit=True) as pg:
+            await pg.execute("DROP SCHEMA IF EXISTS bench CASCADE")
+            await pg.execute("CREATE SCHEMA bench")
+            await pg.execute(
+                "CREATE TABLE bench.readings (LIKE telemetry.readings INCLUDING ALL) "
+                "PARTITION BY RANGE (time)"
+            )
+            cursor = await pg.execute(
+                "SELECT pg_get_expr(c.relpartbound, c.oid), c.relname FROM pg_inherits i "
+                "JOIN pg_class c ON c.oid = i.inhrelid "
+                "WHERE i.inhparent = 'telemetry.readings'::regclass"
+            )
+            for bound, name in await cursor.fetchall():
+                await pg.execute(f"CREATE TABLE bench.{name} PARTITION OF bench.readings {bound}")
+
+    async def drop(self) -> None:
+        async with await psycopg.AsyncConnection.connect(self.database_url, autocommit=True) as pg:
+            await pg.execute("DROP SCHEMA bench CASCADE")
+
+    async def empty(self) -> None:
+        async with await psycopg.AsyncConnection.connect(self.database_url, autocommit=True) as pg:
             await pg.execute("TRUNCATE bench.readings")
-            await pg.execute("CHECKPOINT")
-            await settle()
-            cpu.start()
+
+    async def run(self) -> float:
+        """One COPY of every reading in one transaction; readings/s."""
+        async with await psycopg.AsyncConnection.connect(self.database_url) as pg:
             started = time.perf_counter()
             async with (
                 pg.transaction(),
@@ -178,13 +196,9 @@ async def raw_copy(
                     "COPY bench.readings (meter_id, time, value) FROM STDIN (FORMAT BINARY)"
                 ) as copy,
             ):
-                for offset in range(0, len(data), 1 << 20):
-                    await copy.write(data[offset : offset + (1 << 20)])
-            elapsed = time.perf_counter() - started
-            cpu.stop(f"copy {run + 1}", elapsed, readings)
-            best = max(best, readings / elapsed)
-        await pg.execute("DROP SCHEMA bench CASCADE")
-    return best
+                for offset in range(0, len(self.data), 1 << 20):
+                    await copy.write(self.data[offset : offset + (1 << 20)])
+            return self.readings / (time.perf_counter() - started)
 
 
 class Profiler:
@@ -385,6 +399,7 @@ async def measure(
 
     async def settle() -> None:
         await wait_outbox_empty(database_url)
+        await checkpoint(database_url)
         await wait_idle(cpu)
 
     # The load generator's long-lived objects (modules, the mesh, the fleet): out of the
@@ -398,13 +413,22 @@ async def measure(
     _, accepted_total = await end_to_end(direct, warm_key, warm_ids[:10], 1000, starts[0], "w")
     for meter_id, ms in zip(warm_ids[10:], months, strict=True):
         accepted_total += (await end_to_end(direct, warm_key, [meter_id], 1, ms, "w"))[1]
-    await settle()
-    results.copy_rate = await raw_copy(database_url, total, first_start, cpu, settle, runs)
     profiler = Profiler(args.profile, mesh.process("telemetry").pid)
     results.phase_rss["warm-up"] = peak_rss(profiler.pid)
+    raw = RawCopy(database_url, total, first_start)
+    await raw.create()
+
+    async def copy_run(n: int) -> None:
+        await raw.empty()
+        await settle()
+        cpu.start()
+        rate = await raw.run()
+        cpu.stop(f"copy {n}", total / rate, total)
+        results.runs.setdefault("copy", []).append(rate)
 
     async def load(name: str, target: str, start: int, run: str) -> int:
         nonlocal accepted_total
+        await settle()
         async with profiler.phase(name):
             cpu.start()
             started = time.perf_counter()
@@ -414,16 +438,21 @@ async def measure(
         results.phase_rss[name] = peak_rss(profiler.pid)
         results.stored[name] = await stored_count(database_url, meter_ids)
         accepted_total += accepted
-        await settle()
         return accepted
 
+    # The raw COPY runs alternate with the first writes: on a shared machine, each write is
+    # measured next to a baseline taken in the same conditions.
     for n in range(runs):
+        await copy_run(n + 1)
         results.accepted += await load(f"first {n + 1}", direct, starts[n], f"a{n}")
+    await raw.drop()
+    results.copy_rate = max(results.runs["copy"])
     await load("replay", direct, starts[0], "a0")
     await load("fresh_ids", direct, starts[0], "b")
     for n in range(runs):
         await load(f"envoy {n + 1}", gateway, starts[runs + n], f"c{n}")
     metadata = (("authorization", f"Bearer {single_key}"),)
+    await settle()
     cpu.start()
     bare_rate = await single_readings(
         f"127.0.0.1:{bare_port}", metadata, single_id, singles, singles_start
@@ -451,6 +480,8 @@ async def measure(
         results.consumers[name] = (acked * per_event / seconds, seconds < window)
 
     # Ingest again while the consumers run (still busy with that backlog), as deployed.
+    await wait_outbox_empty(database_url)
+    await checkpoint(database_url)
     cpu.start()
     started = time.perf_counter()
     live_rate, _ = await end_to_end(direct, key, meter_ids, readings, starts[-1], "d")
@@ -508,9 +539,10 @@ def report(args: argparse.Namespace, results: Results) -> None:
     print()
     print(
         "(1)-(3) are measured with telemetry's event consumers (analytics rollups, devices\n"
-        "last_seen) paused, each phase once the outbox is published and the mesh is idle; (4)\n"
-        "is those consumers alone afterwards, in readings/s of the events they acknowledged.\n"
-        "'consumers running' is ingest while they work through that backlog, as deployed."
+        "last_seen) paused, each phase after a CHECKPOINT once the outbox is published and the\n"
+        "mesh is idle; (1) alternates with the direct runs of (2). (4) is those consumers alone\n"
+        "afterwards, in readings/s of the events they acknowledged. 'consumers running' is\n"
+        "ingest while they work through that backlog, as deployed."
     )
     stored, runs = results.stored, args.runs
     written = stored[f"first {runs}"]
