@@ -90,7 +90,7 @@ run: setup
 test: lint gen-check
 	$(BIN)/pytest
 
-# Telemetry ingest figures on a fresh mesh (about a minute on 2 cores); BENCH_ARGS=--scale 4.
+# Telemetry ingest figures on a fresh mesh (about two minutes on 2 cores); BENCH_ARGS=--scale 4.
 bench: setup
 	$(PY) -m benchmarks.ingest $(BENCH_ARGS)
 

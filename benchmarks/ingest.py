@@ -201,6 +201,10 @@ class RawCopy:
             return self.readings / (time.perf_counter() - started)
 
 
+# Not a dependency of the project: `--profile` asks for it to be installed in the venv.
+PY_SPY = Path(sys.executable).with_name("py-spy")
+
+
 class Profiler:
     """With --profile DIR: py-spy samples the ingest process during each measured phase
     (DIR/<phase>.txt, collapsed stacks)."""
@@ -208,6 +212,11 @@ class Profiler:
     def __init__(self, directory: str | None, pid: int) -> None:
         self.directory = Path(directory) if directory else None
         self.pid = pid
+        self.py_spy = Path(sys.executable).with_name("py-spy")
+        if self.directory is not None and not self.py_spy.exists():
+            raise SystemExit(
+                f"--profile needs py-spy: {Path(sys.executable)} -m pip install py-spy"
+            )
 
     @contextlib.asynccontextmanager
     async def phase(self, name: str) -> AsyncIterator[None]:
@@ -216,7 +225,7 @@ class Profiler:
             return
         self.directory.mkdir(parents=True, exist_ok=True)
         spy = await asyncio.create_subprocess_exec(
-            str(Path(sys.executable).with_name("py-spy")),
+            str(PY_SPY),
             "record",
             "--pid",
             str(self.pid),
@@ -594,7 +603,10 @@ def main() -> None:
     parser.add_argument(
         "--profile", metavar="DIR", help="sample the ingest process with py-spy per phase"
     )
-    asyncio.run(bench(parser.parse_args()))
+    args = parser.parse_args()
+    if args.profile and not PY_SPY.exists():
+        parser.error(f"--profile needs py-spy: {sys.executable} -m pip install py-spy")
+    asyncio.run(bench(args))
 
 
 if __name__ == "__main__":
