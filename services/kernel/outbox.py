@@ -82,6 +82,7 @@ class Outbox:
         self._table = table
         self._messaging = messaging
         self._gather = gather_seconds
+        self._batch = batch
         self._wakeup = asyncio.Event()
         self._pending = (
             select(table.c.id, table.c.subject, table.c.payload, table.c.headers)
@@ -121,7 +122,8 @@ class Outbox:
                 await asyncio.sleep(self._gather)
             self._wakeup.clear()
             try:
-                while await self.publish_pending():
+                # Until a round finds less than a full batch (events added meanwhile woke us).
+                while await self.publish_pending() >= self._batch:
                     pass
             except Exception as exc:
                 log.warning("outbox: publish failed, will retry (%s)", exc)
