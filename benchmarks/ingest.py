@@ -35,6 +35,7 @@ import asyncio
 import contextlib
 import gc
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -333,6 +334,8 @@ async def bench(args: argparse.Namespace) -> None:
         bare.terminate()
         bare.wait()
         mesh.stop()
+    # A run leaves gigabytes of PostgreSQL data behind; kept (with the logs) only on failure.
+    shutil.rmtree(data_dir, ignore_errors=True)
     report(args, results)
 
 
