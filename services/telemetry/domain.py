@@ -162,6 +162,37 @@ class Telemetry:
 
     # --- ingest ---------------------------------------------------------------------------
 
+    def shape_problem(self, batch: telemetry_pb2.ReadingBatch, index: int) -> DomainError | None:
+        """Why the batch is refused whole before its meter is looked at (None: it is not)."""
+        times, values = batch.time_unix_ms, batch.values
+        field = f"batches[{index}]"
+        if len(times) != len(values):
+            return InvalidArgument(
+                [(f"{field}.values", f"has {len(values)} values for {len(times)} times")]
+            )
+        if len(times) > self.config.max_batch_readings:
+            return InvalidArgument(
+                [
+                    (
+                        f"{field}.time_unix_ms",
+                        f"has {len(times)} readings; at most "
+                        f"{self.config.max_batch_readings} per batch",
+                    )
+                ]
+            )
+        size = batch.ByteSize()
+        if size > self.config.max_batch_bytes:
+            return ResourceExhausted(
+                f"the batch is {size} bytes; at most {self.config.max_batch_bytes}"
+            )
+        if len(batch.batch_id) > MAX_BATCH_ID or not batch.batch_id.isprintable():
+            return InvalidArgument(
+                [(f"{field}.batch_id", f"must be at most {MAX_BATCH_ID} printable characters")]
+            )
+        if batch.meter_id and not is_uuid(batch.meter_id):
+            return NotFound(f"meter {batch.meter_id!r} not found", metadata={"resource": "meter"})
+        return None
+
     async def prepare(
         self,
         caller: WriteCaller,
@@ -172,52 +203,15 @@ class Telemetry:
         """Checks a batch's shape and the caller's right to its meter, and classifies each
         reading. Raises BatchRefused for a batch refused whole."""
         times, values = batch.time_unix_ms, batch.values
-        field = f"batches[{index}]"
-
-        def refuse(error: DomainError) -> BatchRefused:
-            return BatchRefused(index, batch.batch_id, batch.meter_id, error)
-
-        if len(times) != len(values):
-            raise refuse(
-                InvalidArgument(
-                    [(f"{field}.values", f"has {len(values)} values for {len(times)} times")]
-                )
-            )
-        if len(times) > self.config.max_batch_readings:
-            raise refuse(
-                InvalidArgument(
-                    [
-                        (
-                            f"{field}.time_unix_ms",
-                            f"has {len(times)} readings; at most "
-                            f"{self.config.max_batch_readings} per batch",
-                        )
-                    ]
-                )
-            )
-        size = batch.ByteSize()
-        if size > self.config.max_batch_bytes:
-            raise refuse(
-                ResourceExhausted(
-                    f"the batch is {size} bytes; at most {self.config.max_batch_bytes}"
-                )
-            )
-        if len(batch.batch_id) > MAX_BATCH_ID or not batch.batch_id.isprintable():
-            raise refuse(
-                InvalidArgument(
-                    [(f"{field}.batch_id", f"must be at most {MAX_BATCH_ID} printable characters")]
-                )
-            )
-        if batch.meter_id and not is_uuid(batch.meter_id):
-            raise refuse(
-                NotFound(f"meter {batch.meter_id!r} not found", metadata={"resource": "meter"})
-            )
+        problem = self.shape_problem(batch, index)
+        if problem is not None:
+            raise BatchRefused(index, batch.batch_id, batch.meter_id, problem)
         try:
             meter = await caller.meter(batch.meter_id)
         except Unauthenticated:
             raise
         except DomainError as error:
-            raise refuse(error) from None
+            raise BatchRefused(index, batch.batch_id, batch.meter_id, error) from None
         pending = pending_batch(
             index,
             batch.batch_id,

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -303,8 +304,9 @@ class PendingBatch:
     future: asyncio.Future[telemetry_pb2.BatchResult]
     stream: StreamBuffer | None = None
 
-    @property
+    @functools.cached_property
     def nbytes(self) -> int:
+        """What the batch holds in memory (counted when queued and again when released)."""
         return int(self.times.nbytes + self.values.nbytes + self.reasons.nbytes) + 256
 
 
