@@ -96,6 +96,7 @@ COPY_STAGING = (
 )
 COMMITTERS = 2
 CONNECT_TIMEOUT_SECONDS = 3
+PING_AFTER_IDLE_SECONDS = 1.0
 COPY_CHUNK_BYTES = 128 * 1024
 # A second commit starts while one is in flight only for at least this many queued readings:
 # small batches (one reading per message) then gather into one group while the first commit
@@ -477,7 +478,8 @@ class GroupCommitWriter:
         max_group_readings: int,
     ) -> None:
         self._database_url = database_url
-        self._connections: list[psycopg.AsyncConnection[Any]] = []
+        # Idle connections, with when they were last used.
+        self._connections: list[tuple[psycopg.AsyncConnection[Any], float]] = []
         self._outbox = outbox
         self._partitions = partitions
         self._buffer = buffer
@@ -493,12 +495,22 @@ class GroupCommitWriter:
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
         """A connection of the writer's own, kept between groups (one per committer): a
-        group's transaction is a handful of statements, and a pool checkout (with its ping)
-        would add to them. A connection left in any state but idle is closed, not kept."""
-        pg = self._connections.pop() if self._connections else None
+        group's transaction is a handful of statements, and a pool checkout with its ping
+        would add to them. Only a connection idle for a while is pinged first (PostgreSQL
+        may have restarted meanwhile); one left in any state but idle is closed, not kept."""
+        pg: psycopg.AsyncConnection[Any] | None = None
+        if self._connections:
+            pg, idle_since = self._connections.pop()
+            if time.monotonic() - idle_since > PING_AFTER_IDLE_SECONDS:
+                try:
+                    await pg.execute("SELECT 1")
+                except psycopg.Error:
+                    await pg.close()
+                    pg = None
         if pg is None:
             pg = await psycopg.AsyncConnection.connect(
                 self._database_url,
+                autocommit=True,  # transactions are explicit (pg.transaction())
                 connect_timeout=CONNECT_TIMEOUT_SECONDS,
                 application_name="energymesh-telemetry-ingest",
             )
@@ -508,11 +520,11 @@ class GroupCommitWriter:
             if pg.broken or pg.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
                 await pg.close()
             elif not pg.closed:
-                self._connections.append(pg)
+                self._connections.append((pg, time.monotonic()))
 
     async def close(self) -> None:
         while self._connections:
-            await self._connections.pop().close()
+            await self._connections.pop()[0].close()
 
     def submit(self, batch: PendingBatch) -> asyncio.Future[telemetry_pb2.BatchResult]:
         """Queues a batch; its future resolves with its result after COMMIT (or fails)."""
