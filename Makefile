@@ -20,7 +20,7 @@ help:
 	@echo "make lint       buf lint, ruff, mypy --strict"
 	@echo "make gen        regenerate gen/ from proto/"
 	@echo "make gen-check  fail when gen/ is stale"
-	@echo "make bench      run the ingest benchmark (prints a table)"
+	@echo "make bench      run the ingest and analytics benchmarks (print tables)"
 	@echo "make demo       make run, plus the meter simulator streaming live readings"
 	@echo "make clean      remove the virtualenv, npm packages, build output and local data"
 
@@ -90,16 +90,20 @@ run: setup
 test: lint gen-check
 	$(BIN)/pytest
 
-# Telemetry ingest figures on a fresh mesh (about two minutes on 2 cores); BENCH_ARGS=--scale 4.
+# Ingest figures (about two minutes on 2 cores) and analytics figures, each on a fresh mesh;
+# BENCH_ARGS=--scale 4 for a bigger ingest run, ANALYTICS_BENCH_ARGS=--meters 1000 for 35M
+# readings of analytics.
 bench: setup
 	$(PY) -m benchmarks.ingest $(BENCH_ARGS)
+	$(PY) -m benchmarks.analytics $(ANALYTICS_BENCH_ARGS)
 
-# The whole mesh plus the simulator streaming live readings: open http://127.0.0.1:8080 and
-# watch GET /v1/meters/{id}/readings:latest move. Ctrl-C stops both.
+# The whole mesh plus the simulator: four weeks of history (enough for forecasts), then live
+# readings; its demo site's electricity is priced with a day/night tariff. Watch
+# GET /v1/meters/{id}/readings:latest move and ask for the site's consumption. Ctrl-C stops both.
 demo: setup
 	@$(PY) -m services.launcher run & mesh=$$!; \
 	trap 'kill $$mesh 2>/dev/null; wait $$mesh' EXIT INT TERM; \
-	$(PY) -m services.telemetry.simulate --gateway 127.0.0.1:8080 --wait --meters 20 --live
+	$(PY) -m services.telemetry.simulate --gateway 127.0.0.1:8080 --wait --meters 20 --days 28 --live
 
 clean:
 	rm -rf $(VENV) node_modules build .energymesh .mypy_cache .ruff_cache .pytest_cache

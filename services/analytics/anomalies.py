@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -22,6 +23,8 @@ import numpy.typing as npt
 from services.analytics.rollups import MS_PER_SECOND
 
 MAD_TO_SIGMA = 1.4826
+# Hour starts, ms since the epoch.
+Times = Sequence[int] | npt.NDArray[np.int64]
 HOURS_PER_WEEK = 168
 
 
@@ -35,49 +38,52 @@ class Anomaly:
     score: float
 
 
-def hour_of_week(starts_ms: Sequence[int], time_zone: str) -> npt.NDArray[np.int64]:
+def hour_of_week(starts_ms: Times, time_zone: str) -> npt.NDArray[np.int64]:
     """Local hour of the week (0 = Monday 00:00) of each instant."""
-    tz = ZoneInfo(time_zone)
-    out = np.empty(len(starts_ms), dtype=np.int64)
-    for i, start in enumerate(starts_ms):
-        local = datetime.fromtimestamp(start // MS_PER_SECOND, tz)
-        out[i] = local.weekday() * 24 + local.hour
-    return out
+    return np.fromiter(
+        (_hour_of_week(int(start), time_zone) for start in starts_ms),
+        dtype=np.int64,
+        count=len(starts_ms),
+    )
+
+
+@lru_cache(maxsize=262_144)
+def _hour_of_week(start_ms: int, time_zone: str) -> int:
+    # Cached: every meter of a zone asks about the same hours.
+    local = datetime.fromtimestamp(start_ms // MS_PER_SECOND, ZoneInfo(time_zone))
+    return local.weekday() * 24 + local.hour
 
 
 def baseline(
-    starts_ms: Sequence[int], values: npt.ArrayLike, time_zone: str, weeks: int = 4
+    starts_ms: Times, values: npt.ArrayLike, time_zone: str, weeks: int = 4
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.int64]]:
     """For each hour: the median and the scaled MAD of the same hour of the week over the
-    previous `weeks` occurrences, and how many there were (NaN median without history)."""
+    previous `weeks` occurrences, and how many of them have a value (NaN values count as
+    missing; the median is NaN without history)."""
     y = np.asarray(values, dtype=np.float64)
     keys = hour_of_week(starts_ms, time_zone)
-    median = np.full(y.shape, np.nan)
-    spread = np.full(y.shape, np.nan)
-    count = np.zeros(y.shape, dtype=np.int64)
-    for key in np.unique(keys):
-        index = np.flatnonzero(keys == key)  # time order within one hour of the week
-        series = y[index]
-        n = len(series)
-        # history[j, k] = the value k + 1 occurrences before occurrence j (NaN before the start)
-        history = np.full((n, weeks), np.nan)
-        for k in range(1, weeks + 1):
-            history[k:, k - 1] = series[: n - k] if k < n else series[:0]
-        available = np.sum(~np.isnan(history), axis=1)
-        has = available > 0
-        med = np.full(n, np.nan)
-        mad = np.full(n, np.nan)
-        if has.any():
-            med[has] = np.nanmedian(history[has], axis=1)
-            mad[has] = np.nanmedian(np.abs(history[has] - med[has, None]), axis=1)
-        median[index] = med
-        spread[index] = MAD_TO_SIGMA * mad
-        count[index] = available
+    n = len(y)
+    # Sorted by hour of the week, then time: an occurrence k places back is k entries back
+    # within its key's run.
+    order = np.lexsort((np.arange(n), keys))
+    run_start = np.searchsorted(keys[order], keys[order], side="left")
+    rank = np.arange(n) - run_start
+    history = np.full((n, weeks), np.nan)
+    for k in range(1, weeks + 1):
+        later = np.flatnonzero(rank >= k)
+        history[order[later], k - 1] = y[order[later - k]]
+    count = np.sum(~np.isnan(history), axis=1).astype(np.int64)
+    median = np.full(n, np.nan)
+    spread = np.full(n, np.nan)
+    has = count > 0
+    if has.any():
+        median[has] = np.nanmedian(history[has], axis=1)
+        spread[has] = MAD_TO_SIGMA * np.nanmedian(np.abs(history[has] - median[has, None]), axis=1)
     return median, spread, count
 
 
 def detect(
-    starts_ms: Sequence[int],
+    starts_ms: Times,
     values: npt.ArrayLike,
     time_zone: str,
     *,

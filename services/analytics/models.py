@@ -1,10 +1,11 @@
 """The analytics service's tables, all in the `analytics` schema.
 
-rollups holds one row per meter, granularity (QUARTER_HOUR, HOUR, DAY) and bucket, the
-buckets counted in the site's time zone (services/analytics/rollups.py). meters and sites are
-the local copy of what the rollups need from the device registry (its devices.* events).
-tariffs, tariff_assignments and emission_factors price the rollups (services/analytics/
-pricing.py).
+rollups holds one row per meter, granularity (QUARTER_HOUR, HOUR, DAY, MONTH) and bucket, the
+buckets counted in the site's time zone (services/analytics/rollups.py). site_rollups holds
+their sums per site, commodity, direction and unit (services/analytics/aggregates.py).
+anomalies holds the anomalous hours found in them. meters and sites are the local copy of
+what the rollups need from the device registry (its devices.* events). tariffs,
+tariff_assignments and emission_factors price the rollups (services/analytics/pricing.py).
 """
 
 from __future__ import annotations
@@ -48,12 +49,11 @@ class Rollup(Base):
     __tablename__ = "rollups"
     __table_args__ = (
         PrimaryKeyConstraint("meter_id", "granularity", "bucket_start", name="rollups_pkey"),
-        Index("rollups_by_organization", "organization_id", "granularity", "bucket_start"),
     )
 
     meter_id: Mapped[str] = mapped_column(Uuid(as_uuid=False))
     organization_id: Mapped[str] = mapped_column(String(36))
-    # rollups.Granularity value: QUARTER_HOUR, HOUR or DAY.
+    # rollups.Granularity value: QUARTER_HOUR, HOUR, DAY or MONTH.
     granularity: Mapped[str] = mapped_column(String(16))
     bucket_start: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     bucket_end: Mapped[datetime] = mapped_column(DateTime(timezone=True))
@@ -93,6 +93,9 @@ class MeterInfo(Base):
     rollover_value: Mapped[float | None] = mapped_column(Float(precision=53))
     expected_interval_ms: Mapped[int] = mapped_column(BigInteger)
     update_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # Set while the meter's rollups are rebuilt (services/analytics/rebuild.py): its readings
+    # before this instant are done; None when no rebuild is pending.
+    rebuilt_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class SiteInfo(Base):
@@ -104,6 +107,78 @@ class SiteInfo(Base):
     organization_id: Mapped[str] = mapped_column(String(36))
     time_zone: Mapped[str] = mapped_column(String(64))
     update_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class SiteRollup(Base):
+    """The sum of a site's meter rollups of one commodity, direction and unit in one bucket.
+
+    Kept equal to the sum of the meters' rows by adding each change of a meter row to it
+    (services/analytics/aggregates.py). Additive columns only, plus the coincident peak: the
+    highest 15-minute total of the bucket's quarter hours."""
+
+    __tablename__ = "site_rollups"
+    __table_args__ = (
+        # Queries read one granularity of a site over a range: that leads the key.
+        PrimaryKeyConstraint(
+            "site_id",
+            "granularity",
+            "bucket_start",
+            "commodity",
+            "direction",
+            "unit",
+            name="site_rollups_pkey",
+        ),
+    )
+
+    site_id: Mapped[str] = mapped_column(Uuid(as_uuid=False))
+    organization_id: Mapped[str] = mapped_column(String(36))
+    # devices.v1.Commodity / FlowDirection numbers.
+    commodity: Mapped[int] = mapped_column(SmallInteger)
+    direction: Mapped[int] = mapped_column(SmallInteger)
+    unit: Mapped[str] = mapped_column(String(8))
+    granularity: Mapped[str] = mapped_column(String(16))
+    bucket_start: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    bucket_end: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    value: Mapped[float] = mapped_column(Float(precision=53))
+    # Time covered by the meters' readings, and the meters' expected time (bucket length per
+    # meter row): completeness = covered_ms / span_ms.
+    covered_ms: Mapped[int] = mapped_column(BigInteger)
+    span_ms: Mapped[int] = mapped_column(BigInteger)
+    reading_count: Mapped[int] = mapped_column(BigInteger)
+    reset_count: Mapped[int] = mapped_column(Integer)
+    rollover_count: Mapped[int] = mapped_column(Integer)
+    # Sums of the priced meter rows, and how many meter rows were priced (0: no cost).
+    cost: Mapped[float] = mapped_column(Float(precision=53))
+    priced_rows: Mapped[int] = mapped_column(Integer)
+    co2_kg: Mapped[float] = mapped_column(Float(precision=53))
+    co2_rows: Mapped[int] = mapped_column(Integer)
+    currency: Mapped[str | None] = mapped_column(String(3))
+    # Coincident peak: the highest quarter-hour total as a rate (kW or m3/h), and that quarter.
+    peak_demand: Mapped[float] = mapped_column(Float(precision=53))
+    peak_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class AnomalyRow(Base):
+    """An hour of a meter whose consumption was outside its hour-of-week baseline."""
+
+    __tablename__ = "anomalies"
+    __table_args__ = (
+        UniqueConstraint("meter_id", "start_time", name="anomalies_one_per_hour"),
+        Index("anomalies_by_organization", "organization_id", "start_time", "id"),
+        Index("anomalies_by_site", "site_id", "start_time", "id"),
+    )
+
+    id: Mapped[str] = mapped_column(Uuid(as_uuid=False), primary_key=True)
+    organization_id: Mapped[str] = mapped_column(String(36))
+    meter_id: Mapped[str] = mapped_column(Uuid(as_uuid=False))
+    site_id: Mapped[str] = mapped_column(String(36))
+    start_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    end_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    value: Mapped[float] = mapped_column(Float(precision=53))
+    expected: Mapped[float] = mapped_column(Float(precision=53))
+    score: Mapped[float] = mapped_column(Float(precision=53))
+    unit: Mapped[str] = mapped_column(String(8))
+    detect_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class Tariff(Base):

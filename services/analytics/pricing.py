@@ -24,7 +24,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -33,9 +33,9 @@ from nats.aio.msg import Msg
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from energymesh.devices.v1 import devices_pb2
-from services.analytics import repository, tariff_repository
+from services.analytics import aggregates, repository, tariff_repository
 from services.analytics.models import EmissionFactor as EmissionFactorRow
-from services.analytics.models import MeterInfo, Rollup
+from services.analytics.models import MeterInfo
 from services.analytics.rollups import (
     Bucket,
     Granularity,
@@ -43,6 +43,7 @@ from services.analytics.rollups import (
     bucket_end,
     bucket_start,
 )
+from services.analytics.rows import bucket_of, row_values, to_datetime, to_ms
 from services.analytics.tariff_validation import pricing_tariff
 from services.analytics.tariffs import EmissionFactor, Tariff, price_quarters
 from services.kernel.database import Database
@@ -50,18 +51,8 @@ from services.kernel.messaging import PoisonMessage
 
 log = logging.getLogger(__name__)
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_ONE_MS = timedelta(milliseconds=1)
 EXPORT = devices_pb2.FLOW_DIRECTION_EXPORT
 IMPORT = devices_pb2.FLOW_DIRECTION_IMPORT
-
-
-def _ms(moment: datetime) -> int:
-    return (moment - _EPOCH) // _ONE_MS
-
-
-def _datetime(ms: int) -> datetime:
-    return _EPOCH + timedelta(milliseconds=ms)
 
 
 @dataclass(frozen=True)
@@ -82,6 +73,16 @@ class PriceList:
             self.tariff is not None
             and not self.export
             and any(version.tiers for version in self.tariff.versions)
+        )
+
+    @property
+    def whole_days(self) -> bool:
+        """Costs depend on whole local days: tiers (the month's consumption before) or a
+        standing charge (spread over every quarter hour of the day), so recompute whole days."""
+        return self.tiered or (
+            self.tariff is not None
+            and not self.export
+            and any(version.standing_charge_per_day for version in self.tariff.versions)
         )
 
     def currency_of(self, quarter: Bucket) -> str | None:
@@ -211,13 +212,13 @@ class PricingChange:
 
 
 def _rfc3339(ms: int) -> str:
-    return _datetime(ms).isoformat().replace("+00:00", "Z")
+    return to_datetime(ms).isoformat().replace("+00:00", "Z")
 
 
 def _parse_time(text: str | None) -> int | None:
     if text is None:
         return None
-    return _ms(datetime.fromisoformat(text))
+    return to_ms(datetime.fromisoformat(text))
 
 
 # --- prices and rollups in the database --------------------------------------------------------
@@ -252,8 +253,8 @@ async def price_list(session: AsyncSession, meter: MeterInfo, time_zone: str) ->
 def _factor(row: EmissionFactorRow) -> EmissionFactor:
     return EmissionFactor(
         kg_per_unit=row.kg_per_unit,
-        effective_from_ms=_ms(row.effective_from),
-        effective_to_ms=_ms(row.effective_to) if row.effective_to is not None else None,
+        effective_from_ms=to_ms(row.effective_from),
+        effective_to_ms=to_ms(row.effective_to) if row.effective_to is not None else None,
     )
 
 
@@ -267,7 +268,7 @@ async def month_to_date(
     if month == at_ms:
         return 0.0
     return await tariff_repository.consumption_between(
-        session, meter_id, _datetime(month), _datetime(at_ms)
+        session, meter_id, to_datetime(month), to_datetime(at_ms)
     )
 
 
@@ -304,12 +305,12 @@ async def reprice(
     """Reprices the meter's stored quarter hours of [start_ms, end_ms) (whole local days of
     prices.time_zone) and sets their hours' and days' sums. Writes only what changed; returns
     how many quarter hours did. The caller holds the meter's lock."""
-    start, end = _datetime(start_ms), _datetime(end_ms)
+    start, end = to_datetime(start_ms), to_datetime(end_ms)
     rows = await repository.rollups(session, meter.id, Granularity.QUARTER_HOUR.value, start, end)
     if not rows:
         return 0
-    before = await month_to_date(session, meter.id, prices, _ms(rows[0].bucket_start))
-    quarters = price([_quarter(row) for row in rows], prices, before)
+    before = await month_to_date(session, meter.id, prices, to_ms(rows[0].bucket_start))
+    quarters = price([bucket_of(row) for row in rows], prices, before)
     old_quarter_rows: list[dict[str, Any]] = []
     new_quarter_rows: list[dict[str, Any]] = []
     for row, quarter in zip(rows, quarters, strict=True):
@@ -319,12 +320,12 @@ async def reprice(
             new_quarter_rows.append(row_values(row) | new)
     if not new_quarter_rows:
         return 0
-    changes = list(new_quarter_rows)
+    old_rows, new_rows = old_quarter_rows, list(new_quarter_rows)
     zone = ZoneInfo(prices.time_zone)
     for granularity in (Granularity.HOUR, Granularity.DAY):
         sums = {bucket.start_ms: bucket for bucket in aggregate(quarters, granularity, zone)}
         for row in await repository.rollups(session, meter.id, granularity.value, start, end):
-            bucket = sums.get(_ms(row.bucket_start))
+            bucket = sums.get(to_ms(row.bucket_start))
             if bucket is None:
                 continue
             new = _amounts(bucket, prices)
@@ -333,36 +334,18 @@ async def reprice(
                 new["co2_kg"],
                 new["currency"],
             ):
-                changes.append(row_values(row) | new)
-    await tariff_repository.set_amounts(session, changes)
-    # aggregates: apply deltas old -> new here
-    # (old_quarter_rows / new_quarter_rows: the meter's changed QUARTER_HOUR rows before and
-    # after, aligned, as dicts of the rollups columns; only cost, co2_kg and currency differ.)
-    return len(new_quarter_rows)
-
-
-def _quarter(row: Rollup) -> Bucket:
-    start = _ms(row.bucket_start)
-    return Bucket(
-        start_ms=start,
-        end_ms=_ms(row.bucket_end),
-        value=row.value,
-        covered_ms=row.covered_ms,
-        readings=row.reading_count,
-        resets=row.reset_count,
-        rollovers=row.rollover_count,
-        peak_demand=row.peak_demand,
-        peak_time_ms=_ms(row.peak_time),
+                old_rows.append(row_values(row))
+                new_rows.append(row_values(row) | new)
+    await tariff_repository.set_amounts(session, new_rows)
+    old_months, new_months = await aggregates.refresh_months(
+        session, meter, prices.time_zone, start_ms, end_ms
     )
+    await aggregates.apply_changes(session, meter, old_rows + old_months, new_rows + new_months)
+    return len(new_quarter_rows)
 
 
 def _amounts(bucket: Bucket, prices: PriceList) -> dict[str, Any]:
     return {"cost": bucket.cost, "co2_kg": bucket.co2_kg, "currency": prices.currency_of(bucket)}
-
-
-def row_values(row: Rollup) -> dict[str, Any]:
-    """A stored rollup row as a dict of its columns (the shape domain.rollup_row writes)."""
-    return {column.key: getattr(row, column.key) for column in Rollup.__mapper__.column_attrs}
 
 
 # --- the repricing consumer ----------------------------------------------------------------------
@@ -370,11 +353,17 @@ def row_values(row: Rollup) -> dict[str, Any]:
 Progress = Callable[[], Awaitable[None]]
 
 
+# Recomputes a meter's buckets from its readings timed first_ms..last_ms (the rollup
+# consumer's RollupMaintainer.recompute_meter).
+Recompute = Callable[[str, int, int], Awaitable[object]]
+
+
 class Repricer:
     """The durable consumer of analytics.pricing.changed."""
 
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, recompute: Recompute) -> None:
         self.database = database
+        self.recompute = recompute
 
     async def on_pricing_changed(self, message: Msg) -> None:
         change = PricingChange.from_event(message.data)
@@ -406,12 +395,12 @@ class Repricer:
             span = await tariff_repository.quarter_span(
                 session,
                 meter_id,
-                _datetime(start_ms) if start_ms is not None else None,
-                _datetime(end_ms) if end_ms is not None else None,
+                to_datetime(start_ms) if start_ms is not None else None,
+                to_datetime(end_ms) if end_ms is not None else None,
             )
         if span is None:
             return 0
-        cursor, last = _ms(span[0]), _ms(span[1])
+        cursor, last = to_ms(span[0]), to_ms(span[1])
         changed = 0
         while cursor <= last:
             async with self.database.transaction() as session:
@@ -425,7 +414,12 @@ class Repricer:
                 zone = ZoneInfo(site.time_zone)
                 month = bucket_start(cursor, Granularity.MONTH, zone)
                 cursor = bucket_end(month, Granularity.MONTH, zone)
-                changed += await reprice(session, meter, prices, month, cursor)
+                if not prices.whole_days:
+                    changed += await reprice(session, meter, prices, month, cursor)
+            if prices.whole_days:
+                # A standing charge or tiers need every quarter hour of a day, also those no
+                # reading was stored for: recomputed from the readings, priced on the way.
+                await self.recompute(meter_id, month, cursor - 1)
             if progress is not None:
                 await progress()
         log.info("repriced meter %s: %d quarter hours changed", meter_id, changed)

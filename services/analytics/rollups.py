@@ -50,12 +50,15 @@ import bisect
 import itertools
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from enum import Enum
 from functools import lru_cache
-from typing import NamedTuple
+from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
+
+import numpy as np
+import numpy.typing as npt
 
 MS_PER_SECOND = 1_000
 MS_PER_HOUR = 3_600_000
@@ -69,6 +72,9 @@ MAX_WRAP_FRACTION = 0.1
 # Consecutive readings at most this many expected intervals apart count as present (a meter
 # reporting every 15 minutes with some jitter); a longer gap counts as missing data.
 GAP_TOLERANCE = 1.5
+# An hour at least this complete counts as measured (anomalies, baseload, forecasts judge
+# only such hours: a partly measured hour would read as a drop in consumption).
+COMPLETE_HOUR = 0.9
 
 
 class Granularity(Enum):
@@ -164,7 +170,7 @@ class MeterSpec:
         return _zone(self.time_zone)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Bucket:
     """Consumption in one bucket [start_ms, end_ms).
 
@@ -173,7 +179,8 @@ class Bucket:
     counter resets and wraps revealed by a reading inside the bucket. peak_demand: the highest
     quarter-hour average rate (kW or m3/h) and peak_time_ms the start of that quarter hour.
     cost / co2_kg: the priced amounts (services/analytics/pricing.py), None where unpriced;
-    coarser buckets sum the known ones.
+    coarser buckets sum the known ones. span_ms: the time expected to be covered, for sums of
+    several meters (each meter's bucket length); None: the bucket's length.
     """
 
     start_ms: int
@@ -187,11 +194,17 @@ class Bucket:
     peak_time_ms: int
     cost: float | None = None
     co2_kg: float | None = None
+    span_ms: int | None = None
+
+    @property
+    def expected_ms(self) -> int:
+        return self.span_ms if self.span_ms is not None else self.end_ms - self.start_ms
 
     @property
     def completeness(self) -> float:
-        """Share of the bucket's time covered by readings, 0 to 1."""
-        return min(1.0, self.covered_ms / (self.end_ms - self.start_ms))
+        """Share of the bucket's expected time covered by readings, 0 to 1."""
+        expected = self.expected_ms
+        return min(1.0, self.covered_ms / expected) if expected > 0 else 0.0
 
 
 # --- time zones and bucket boundaries ----------------------------------------------------------
@@ -437,7 +450,7 @@ def quarter_hours(
 
     for previous, current in itertools.pairwise(ordered):
         t0, t1 = previous.time_ms, current.time_ms
-        if t1 <= lo or t0 >= hi:
+        if t1 < lo or t0 >= hi:
             continue
         covered = t1 - t0 <= max_gap
         if spec.register_type is RegisterType.INSTANTANEOUS:
@@ -512,7 +525,8 @@ def aggregate(
     The coarser buckets are unions of the quarter hours of the site's own zone, or of any zone
     whose offsets are whole quarter hours from it (a query's zone override). A bucket only
     partly covered by the quarter hours given keeps its full span, so its completeness shows
-    the missing part.
+    the missing part (buckets that are sums of several meters carry their span_ms, and the
+    coarser bucket the sum of the spans given).
     """
     tz = _zone(time_zone) if isinstance(time_zone, str) else time_zone
     if granularity is Granularity.QUARTER_HOUR:
@@ -537,6 +551,11 @@ def aggregate(
                 peak_time_ms=peak.peak_time_ms,
                 cost=known_sum(q.cost for q in members),
                 co2_kg=known_sum(q.co2_kg for q in members),
+                span_ms=(
+                    sum(q.expected_ms for q in members)
+                    if any(q.span_ms is not None for q in members)
+                    else None
+                ),
             )
         )
     return result
@@ -548,16 +567,307 @@ def known_sum(amounts: Iterable[float | None]) -> float | None:
     return math.fsum(known) if known else None
 
 
-def net(imported: Sequence[Bucket], exported: Sequence[Bucket]) -> list[tuple[int, int, float]]:
-    """Import minus export per bucket (start, end, net amount), for netting on request; both
-    sequences are buckets of the same partition. Negative where the site fed in more."""
-    out: dict[tuple[int, int], float] = {}
-    for bucket in imported:
-        out[(bucket.start_ms, bucket.end_ms)] = out.get((bucket.start_ms, bucket.end_ms), 0.0) + (
-            bucket.value
+def merge(sources: Iterable[Sequence[Bucket]]) -> list[Bucket]:
+    """Buckets of several sources (meters, sites) over one partition, summed per bucket:
+    amounts, covered and expected time, counts, cost and CO2. Sources are not metered
+    together, so the peak is the highest of their own peaks."""
+    groups: dict[tuple[int, int], list[Bucket]] = {}
+    for buckets in sources:
+        for bucket in buckets:
+            groups.setdefault((bucket.start_ms, bucket.end_ms), []).append(bucket)
+    return [_sum_of(start, end, groups[(start, end)]) for start, end in sorted(groups)]
+
+
+def _sum_of(start_ms: int, end_ms: int, members: Sequence[Bucket]) -> Bucket:
+    peak = max(members, key=lambda b: (b.peak_demand, -b.peak_time_ms))
+    return Bucket(
+        start_ms=start_ms,
+        end_ms=end_ms,
+        value=math.fsum(b.value for b in members),
+        covered_ms=sum(b.covered_ms for b in members),
+        readings=sum(b.readings for b in members),
+        resets=sum(b.resets for b in members),
+        rollovers=sum(b.rollovers for b in members),
+        peak_demand=peak.peak_demand,
+        peak_time_ms=peak.peak_time_ms,
+        cost=known_sum(b.cost for b in members),
+        co2_kg=known_sum(b.co2_kg for b in members),
+        span_ms=sum(b.expected_ms for b in members),
+    )
+
+
+def net(imported: Sequence[Bucket], exported: Sequence[Bucket]) -> list[Bucket]:
+    """Import minus export per bucket of one partition (negative where more was fed in). The
+    cost adds up (export is a credit, a negative cost), CO2 is the import's (export carries
+    none), completeness covers both, and the peak is the import's."""
+    negated = [
+        replace(bucket, value=-bucket.value, peak_demand=0.0, peak_time_ms=bucket.start_ms)
+        for bucket in exported
+    ]
+    return merge([imported, negated])
+
+
+# Stored granularities, coarsest first: what `cover` tiles a range with.
+COVER_LEVELS = (Granularity.MONTH, Granularity.DAY, Granularity.HOUR, Granularity.QUARTER_HOUR)
+
+
+def cover(start_ms: int, end_ms: int, tz: ZoneInfo) -> list[tuple[Granularity, int, int]]:
+    """The fewest stored buckets of zone tz (months, days, hours, quarter hours) that tile
+    [start_ms, end_ms) exactly, as runs (granularity, first bucket's start, last bucket's
+    end). The range must be aligned to quarter hours (aligned_range)."""
+    pieces: list[tuple[Granularity, int, int]] = []
+
+    def fill(lo: int, hi: int, level: int) -> None:
+        if lo >= hi or level == len(COVER_LEVELS):
+            return
+        granularity = COVER_LEVELS[level]
+        first = bucket_start(lo, granularity, tz)
+        if first < lo:
+            first = bucket_end(first, granularity, tz)
+        last = bucket_start(hi, granularity, tz)
+        if first >= last:
+            fill(lo, hi, level + 1)
+            return
+        fill(lo, first, level + 1)
+        pieces.append((granularity, first, last))
+        fill(last, hi, level + 1)
+
+    fill(start_ms, end_ms, 0)
+    return pieces
+
+
+# --- the same, column-wise (numpy), for the rollup consumer ----------------------------------
+
+
+Int64s = npt.NDArray[np.int64]
+Floats = npt.NDArray[np.float64]
+
+
+@dataclass
+class Columns:
+    """Buckets as columns (one entry per bucket, time-ordered): what `quarter_hours` returns,
+    without a Python object per bucket. cost and co2_kg are NaN where unpriced."""
+
+    start: Int64s
+    end: Int64s
+    value: Floats
+    covered: Int64s
+    readings: Int64s
+    resets: Int64s
+    rollovers: Int64s
+    peak_demand: Floats
+    peak_time: Int64s
+    cost: Floats
+    co2_kg: Floats
+
+    def __len__(self) -> int:
+        return len(self.start)
+
+    @classmethod
+    def of(cls, buckets: Sequence[Bucket]) -> Columns:
+        def column(values: Iterable[float | int | None], dtype: type) -> npt.NDArray[Any]:
+            return np.array([np.nan if v is None else v for v in values], dtype=dtype)
+
+        return cls(
+            start=column((b.start_ms for b in buckets), np.int64),
+            end=column((b.end_ms for b in buckets), np.int64),
+            value=column((b.value for b in buckets), np.float64),
+            covered=column((b.covered_ms for b in buckets), np.int64),
+            readings=column((b.readings for b in buckets), np.int64),
+            resets=column((b.resets for b in buckets), np.int64),
+            rollovers=column((b.rollovers for b in buckets), np.int64),
+            peak_demand=column((b.peak_demand for b in buckets), np.float64),
+            peak_time=column((b.peak_time_ms for b in buckets), np.int64),
+            cost=column((b.cost for b in buckets), np.float64),
+            co2_kg=column((b.co2_kg for b in buckets), np.float64),
         )
-    for bucket in exported:
-        out[(bucket.start_ms, bucket.end_ms)] = out.get((bucket.start_ms, bucket.end_ms), 0.0) - (
-            bucket.value
-        )
-    return [(start, end, value) for (start, end), value in sorted(out.items())]
+
+    def buckets(self) -> list[Bucket]:
+        return [
+            Bucket(
+                start_ms=int(self.start[i]),
+                end_ms=int(self.end[i]),
+                value=float(self.value[i]),
+                covered_ms=int(self.covered[i]),
+                readings=int(self.readings[i]),
+                resets=int(self.resets[i]),
+                rollovers=int(self.rollovers[i]),
+                peak_demand=float(self.peak_demand[i]),
+                peak_time_ms=int(self.peak_time[i]),
+                cost=None if math.isnan(self.cost[i]) else float(self.cost[i]),
+                co2_kg=None if math.isnan(self.co2_kg[i]) else float(self.co2_kg[i]),
+            )
+            for i in range(len(self))
+        ]
+
+
+def _quarter_boundaries(lo: int, hi: int, tz: ZoneInfo) -> Int64s:
+    """Boundaries of the quarter hours of [lo, hi) (aligned): every UTC multiple of 15 minutes
+    when the zone's offsets over the range are whole quarter hours (every zone since 1980)."""
+    day = 24 * MS_PER_HOUR
+    samples = [*range(lo, hi, day), hi]
+    if all(_offset_ms(tz, t) % QUARTER_HOUR_MS == 0 for t in samples) and lo % QUARTER_HOUR_MS == 0:
+        return np.arange(lo, hi + 1, QUARTER_HOUR_MS, dtype=np.int64)
+    spans = bucket_spans(lo, hi, Granularity.QUARTER_HOUR, tz)
+    return np.array([s for s, _ in spans] + [spans[-1][1]] if spans else [lo], dtype=np.int64)
+
+
+def _at(boundaries: Int64s, times: Int64s) -> Int64s:
+    """Index of the quarter holding each time (-1 or len-1 and beyond: outside)."""
+    return np.searchsorted(boundaries, times, side="right") - 1
+
+
+def _count(index: Int64s, size: int) -> Int64s:
+    inside = (index >= 0) & (index < size)
+    return np.bincount(index[inside], minlength=size).astype(np.int64)
+
+
+def quarter_columns(
+    times: Int64s, values: Floats, spec: MeterSpec, start_ms: int, end_ms: int
+) -> Columns:
+    """`quarter_hours` column-wise: the same numbers (up to floating-point rounding), from
+    time-ordered readings with distinct times that include `window(...)` of the range.
+
+    Consumption over [a, b) is F(b) - F(a) for the meter's cumulative consumption F, linear
+    between readings (which is what spreading each pair's difference linearly means), so every
+    quarter hour is one interpolation; covered time likewise. INTERVAL readings whose
+    intervals overlap fall back to quarter_hours."""
+    tz = spec.zone
+    lo, hi = aligned_range(start_ms, end_ms, Granularity.QUARTER_HOUR, tz)
+    edges = _quarter_boundaries(lo, hi, tz)
+    size = len(edges) - 1
+    unit = normalise_unit(spec.unit)
+    scale = spec.multiplier * unit.factor
+    interval = spec.expected_interval_ms
+    t = np.asarray(times, dtype=np.int64)
+    v = np.asarray(values, dtype=np.float64)
+    resets = np.zeros(size, dtype=np.int64)
+    rollovers = np.zeros(size, dtype=np.int64)
+    if spec.register_type is RegisterType.INTERVAL:
+        if len(t) > 1 and np.any(t[1:] - interval < t[:-1]):
+            return Columns.of(quarter_hours(map(Reading, t.tolist(), v.tolist()), spec, lo, hi))
+        readings = _count(_at(edges, t - 1), size)
+        amounts = np.maximum(v, 0.0) * scale
+        knots = np.empty(2 * len(t), dtype=np.float64)
+        knots[0::2], knots[1::2] = t - interval, t
+        level = np.concatenate([[0.0], np.cumsum(amounts)])
+        cumulative = np.repeat(level, 2)[1:-1]
+        cover_level = np.arange(len(t) + 1, dtype=np.float64) * interval
+        covered_cumulative = np.repeat(cover_level, 2)[1:-1]
+    else:
+        readings = _count(_at(edges, t), size)
+        dt = np.diff(t)
+        covered_pair = dt <= GAP_TOLERANCE * interval
+        knots = t.astype(np.float64)
+        covered_cumulative = np.concatenate([[0.0], np.cumsum(np.where(covered_pair, dt, 0))])
+        if spec.register_type is RegisterType.INSTANTANEOUS:
+            rate = v * scale
+            areas = dt / MS_PER_HOUR * (rate[:-1] + rate[1:]) / 2
+            cumulative = np.concatenate([[0.0], np.cumsum(areas)])
+            return _columns(
+                edges,
+                _integral_at(edges.astype(np.float64), knots, rate, cumulative),
+                np.interp(edges, knots, covered_cumulative) if len(t) else np.zeros(size + 1),
+                readings,
+                resets,
+                rollovers,
+            )
+        delta = np.diff(v)
+        drop = delta < 0
+        wrap = np.zeros_like(drop)
+        rollover = spec.rollover_value
+        if rollover is not None and drop.any():
+            previous, current = v[:-1], v[1:]
+            wrapped = (rollover - previous) + current
+            wrap = (
+                drop
+                & (current >= 0)
+                & (previous <= rollover)
+                & (current < rollover)
+                & (wrapped <= MAX_WRAP_FRACTION * rollover)
+            )
+            delta = np.where(wrap, wrapped, delta)
+        reset = drop & ~wrap
+        delta = np.where(reset, 0.0, delta)
+        later = _at(edges, t[1:])
+        resets = _count(later[reset], size)
+        rollovers = _count(later[wrap], size)
+        cumulative = np.concatenate([[0.0], np.cumsum(delta * scale)])
+    if len(t) == 0:
+        zeros = np.zeros(size + 1)
+        return _columns(edges, zeros, zeros, readings, resets, rollovers)
+    return _columns(
+        edges,
+        np.interp(edges, knots, cumulative),
+        np.interp(edges, knots, covered_cumulative),
+        readings,
+        resets,
+        rollovers,
+    )
+
+
+def _integral_at(x: Floats, knots: Floats, rate: Floats, cumulative: Floats) -> Floats:
+    """The trapezoid integral (rate x hours) of rate samples up to each x (constant outside)."""
+    if len(knots) < 2:
+        return np.zeros(len(x))
+    clamped = np.clip(x, knots[0], knots[-1])
+    i = np.clip(np.searchsorted(knots, clamped, side="right") - 1, 0, len(knots) - 2)
+    span = knots[i + 1] - knots[i]
+    offset = clamped - knots[i]
+    slope = (rate[i + 1] - rate[i]) / span
+    at = rate[i] + slope * offset
+    result: Floats = cumulative[i] + offset / MS_PER_HOUR * (rate[i] + at) / 2
+    return result
+
+
+def _columns(
+    edges: Int64s,
+    cumulative_at_edges: Floats,
+    covered_at_edges: Floats,
+    readings: Int64s,
+    resets: Int64s,
+    rollovers: Int64s,
+) -> Columns:
+    start, end = edges[:-1], edges[1:]
+    value = np.diff(cumulative_at_edges)
+    length = end - start
+    covered = np.minimum(np.rint(np.diff(covered_at_edges)).astype(np.int64), length)
+    nan = np.full(len(start), np.nan)
+    return Columns(
+        start=start,
+        end=end,
+        value=value,
+        covered=covered,
+        readings=readings,
+        resets=resets,
+        rollovers=rollovers,
+        peak_demand=value * MS_PER_HOUR / length,
+        peak_time=start.copy(),
+        cost=nan,
+        co2_kg=nan.copy(),
+    )
+
+
+@lru_cache(maxsize=65_536)
+def _spans_in_day(day_start: int, granularity: Granularity, zone_name: str) -> tuple[int, ...]:
+    """Starts of the buckets of one local day (and the day's end), cached: every meter of a
+    zone shares them."""
+    tz = _zone(zone_name)
+    day_end = bucket_end(day_start, Granularity.DAY, tz)
+    if granularity is Granularity.DAY:
+        return (day_start, day_end)
+    return (*(start for start, _ in bucket_spans(day_start, day_end, granularity, tz)), day_end)
+
+
+def bucket_edges(lo: int, hi: int, granularity: Granularity, zone_name: str) -> Int64s:
+    """Boundaries of the buckets (HOUR or DAY) overlapping [lo, hi): bucket_spans, cached per
+    local day."""
+    tz = _zone(zone_name)
+    day_lo, day_hi = aligned_range(lo, hi, Granularity.DAY, tz)
+    edges = [day_lo]
+    for day_start, _ in bucket_spans(day_lo, day_hi, Granularity.DAY, tz):
+        edges.extend(_spans_in_day(day_start, granularity, zone_name)[1:])
+    found = np.array(edges, dtype=np.int64)
+    first = int(np.searchsorted(found, lo, side="right")) - 1
+    last = int(np.searchsorted(found, hi, side="left"))
+    return found[first : last + 1]

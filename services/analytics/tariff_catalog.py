@@ -46,7 +46,7 @@ from services.kernel.errors import (
 from services.kernel.outbox import Outbox
 from services.kernel.pagination import decode_token, encode_token, page_size
 from services.kernel.protos import timestamp
-from services.kernel.registry import TIMEOUT_SECONDS, DeviceRegistry
+from services.kernel.registry import DeviceRegistry
 
 MAX_TARIFFS = 1000
 MAX_EMISSION_FACTORS = 1000
@@ -158,21 +158,7 @@ class TariffCatalog:
         return found
 
     async def _visible_site(self, caller: Caller, authorization: str, site_id: str) -> None:
-        """The site as the registry shows it to the caller (another organization's, or one a
-        viewer is not assigned to, is NOT_FOUND there and here)."""
-        try:
-            site = await self.devices.call(
-                f"site {site_id!r}",
-                lambda: self.devices.stub.GetSite(
-                    devices_pb2.GetSiteRequest(site_id=site_id),
-                    metadata=self.devices.metadata(authorization),
-                    timeout=TIMEOUT_SECONDS,
-                ),
-            )
-        except NotFound:
-            site = None
-        if site is None or site.organization_id != caller.organization_id:
-            raise NotFound(f"site {site_id!r} not found", metadata={"resource": "site"})
+        await self.devices.visible_site(caller, authorization, site_id)
 
     # --- tariffs ---------------------------------------------------------------------------
 

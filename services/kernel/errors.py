@@ -6,6 +6,7 @@ clients and REST clients (through Envoy's convert_grpc_status) see the same stru
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable
 
 import grpc
@@ -133,6 +134,15 @@ def internal_status(trace_id: str) -> status_pb2.Status:
     return status_pb2.Status(
         code=code_pb2.INTERNAL, message=f"internal error (trace {trace_id})", details=[info]
     )
+
+
+def is_uuid(value: str) -> bool:
+    """A resource id in its canonical text form (36 characters)."""
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return len(value) == 36
 
 
 class Violations:

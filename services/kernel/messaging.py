@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import nats
@@ -107,6 +107,7 @@ async def declare_streams(js: JetStreamContext, streams: Sequence[Stream]) -> No
 
 
 MessageHandler = Callable[[Msg], Awaitable[None]]
+BatchHandler = Callable[[Sequence[Msg]], Awaitable[None]]
 
 
 class PoisonMessage(Exception):
@@ -124,6 +125,12 @@ class Consumer:
     # Redelivery delays, in seconds, after each failed attempt.
     backoff: tuple[float, ...] = (1, 2, 5, 10, 30, 60, 120)
     batch: int = 64
+    # Seconds before an unacknowledged message is delivered again (after a crash). Handlers
+    # that take longer are kept alive by progress reports.
+    ack_wait: float = 15.0
+    # Handles every message of a fetched batch at once (one transaction for all of them),
+    # acked together after it returns. If it fails, the batch is handled message by message.
+    batch_handler: BatchHandler | None = None
 
     @property
     def dead_letter_subject(self) -> str:
@@ -151,7 +158,7 @@ async def _consume(messaging: Messaging, consumer: Consumer) -> None:
         durable_name=consumer.durable,
         ack_policy=AckPolicy.EXPLICIT,
         deliver_policy=DeliverPolicy.ALL,
-        ack_wait=60,
+        ack_wait=consumer.ack_wait,
         max_deliver=consumer.max_deliver + 1,
         filter_subject=consumer.subject,
     )
@@ -167,14 +174,46 @@ async def _consume(messaging: Messaging, consumer: Consumer) -> None:
             log.warning("consumer %s: fetch failed (%s)", consumer.durable, exc)
             await asyncio.sleep(1)
             continue
+        if consumer.batch_handler is not None and len(messages) > 1:
+            try:
+                async with _in_progress(messages, consumer.ack_wait):
+                    await consumer.batch_handler(messages)
+            except Exception as error:
+                log.info("consumer %s: batch failed (%s); one by one", consumer.durable, error)
+            else:
+                for message in messages:
+                    await message.ack()
+                continue
         for message in messages:
             await _handle(js, consumer, message)
+
+
+@contextlib.asynccontextmanager
+async def _in_progress(messages: Sequence[Msg], ack_wait: float) -> AsyncIterator[None]:
+    """Tells JetStream the messages are still being worked on, a few times per ack_wait, so a
+    long handler is not raced by a redelivery (and a crashed one is redelivered soon)."""
+
+    async def report() -> None:
+        while True:
+            await asyncio.sleep(ack_wait / 3)
+            for message in messages:
+                with contextlib.suppress(nats.errors.Error):
+                    await message.in_progress()
+
+    reporter = asyncio.create_task(report())
+    try:
+        yield
+    finally:
+        reporter.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reporter
 
 
 async def _handle(js: JetStreamContext, consumer: Consumer, message: Msg) -> None:
     attempt = message.metadata.num_delivered
     try:
-        await consumer.handler(message)
+        async with _in_progress([message], consumer.ack_wait):
+            await consumer.handler(message)
     except Exception as error:
         if attempt >= consumer.max_deliver or isinstance(error, PoisonMessage):
             log.exception("consumer %s: giving up on a message", consumer.durable)

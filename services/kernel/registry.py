@@ -1,8 +1,8 @@
 """The device registry as other services see it: its gRPC contract, called on a user's behalf.
 
-Meter lookups forward the caller's `authorization` metadata to DeviceService.GetMeter, so
+Meter and site lookups forward the caller's `authorization` metadata to DeviceService, so
 another organization's meter, or a meter a viewer is not assigned to, is NOT_FOUND exactly as
-in the registry. Answers are cached briefly per user and meter."""
+in the registry. Answers are cached briefly per user and meter or site."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ class DeviceRegistry:
         self.stub = devices_pb2_grpc.DeviceServiceStub(self._channel)
         self.cache_seconds = cache_seconds
         self._meters: dict[tuple[str, str, str], tuple[devices_pb2.Meter, float]] = {}
+        self._sites: dict[tuple[str, str, str], tuple[devices_pb2.Site, float]] = {}
 
     @staticmethod
     def metadata(authorization: str | None = None) -> list[tuple[str, str]]:
@@ -74,6 +75,55 @@ class DeviceRegistry:
             self._meters.clear()
         self._meters[key] = (meter, time.monotonic())
         return meter
+
+    async def visible_site(
+        self, caller: Caller, authorization: str, site_id: str
+    ) -> devices_pb2.Site:
+        """The site as the caller may see it (GetSite on their behalf: another organization's,
+        or one holding none of a viewer's meters, is NotFound), cached like meters."""
+        key = (caller.user_id, caller.role.value, site_id)
+        cached = self._sites.get(key)
+        if cached is not None and time.monotonic() - cached[1] < self.cache_seconds:
+            return cached[0]
+        try:
+            site = await self.call(
+                f"site {site_id!r}",
+                lambda: self.stub.GetSite(
+                    devices_pb2.GetSiteRequest(site_id=site_id),
+                    metadata=self.metadata(authorization),
+                    timeout=TIMEOUT_SECONDS,
+                ),
+            )
+        except NotFound:
+            site = None
+        if site is None or site.organization_id != caller.organization_id:
+            raise NotFound(f"site {site_id!r} not found", metadata={"resource": "site"})
+        if len(self._sites) > MAX_CACHED_METERS:
+            self._sites.clear()
+        self._sites[key] = (site, time.monotonic())
+        return site
+
+    async def visible_meters(
+        self, authorization: str, site_id: str = ""
+    ) -> list[devices_pb2.Meter]:
+        """Every meter the caller may see (a viewer: those assigned to them), decommissioned
+        ones included, optionally of one site."""
+        meters: list[devices_pb2.Meter] = []
+        token = ""
+        while True:
+            request = devices_pb2.ListMetersRequest(
+                page_size=1000, page_token=token, site_id=site_id, show_decommissioned=True
+            )
+            page = await self.call(
+                "meters",
+                lambda request=request: self.stub.ListMeters(  # type: ignore[misc]
+                    request, metadata=self.metadata(authorization), timeout=TIMEOUT_SECONDS
+                ),
+            )
+            meters.extend(page.meters)
+            token = page.next_page_token
+            if not token:
+                return meters
 
     def forget_meter(self, meter_id: str) -> None:
         """Drops cached lookups of a meter that changed (reassigned, decommissioned ...)."""

@@ -4,11 +4,13 @@ cumulative registers with a daily profile.
     python -m services.telemetry.simulate --gateway 127.0.0.1:8080 --meters 20 --live
     python -m services.telemetry.simulate --gateway … --days 30 --interval 900   # backfill
 
-Without --ingest-key and --meter-ids it signs up a demo organization (REST through the
-gateway is not needed: it uses the auth and devices gRPC contracts through Envoy), creates a
-site, the meters and an ingest key, then streams. The profile: night 0.5x, morning 1.2x,
-day 0.8x, evening 1.5x, late evening 0.7x, weekends 1.1x, plus noise; counters grow by the
-consumption of each interval and now and then reset to zero (a meter exchange).
+It first backfills --days of history, then with --live streams from now on. Without
+--ingest-key and --meter-ids it signs up a demo organization (REST through the gateway is not
+needed: it uses the auth, devices and analytics gRPC contracts through Envoy), creates a site
+in Europe/Berlin, the meters, an ingest key, a day/night tariff for the site's electricity and
+a grid emission factor, then streams. The profile, in the site's local time: night 0.5x,
+morning 1.2x, day 0.8x, evening 1.5x, late evening 0.7x, weekends 1.1x, plus noise; counters
+grow by the consumption of each interval and now and then reset to zero (a meter exchange).
 """
 
 from __future__ import annotations
@@ -22,9 +24,13 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
+from zoneinfo import ZoneInfo
 
 import grpc
+from google.protobuf import timestamp_pb2
 
+from energymesh.analytics.v1 import analytics_pb2, analytics_pb2_grpc
 from energymesh.auth.v1 import auth_pb2, auth_pb2_grpc
 from energymesh.devices.v1 import devices_pb2, devices_pb2_grpc
 from services.telemetry.client import ReadingStream
@@ -38,12 +44,13 @@ COMMODITIES = (
 )
 RESET_PROBABILITY = 1e-4  # per reading
 DEMO_PASSWORD = "demo password, change me"  # a throwaway demo account
+SITE_ZONE = ZoneInfo("Europe/Berlin")
 
 
 def profile(moment: float) -> float:
-    """Consumption factor at a Unix time (UTC hours stand in for local ones)."""
-    hour = time.gmtime(moment).tm_hour
-    weekday = time.gmtime(moment).tm_wday
+    """Consumption factor at a Unix time, by the site's local hour and weekday."""
+    local = datetime.fromtimestamp(moment, SITE_ZONE)
+    hour, weekday = local.hour, local.weekday()
     if hour < 6:
         factor = 0.5
     elif hour < 9:
@@ -115,8 +122,60 @@ async def bootstrap(channel: grpc.aio.Channel, meters: int) -> tuple[str, list[S
         ),
         metadata=metadata,
     )
+    await price_electricity(channel, metadata, site.site_id)
     print(f"meters: {', '.join(m.meter_id for m in simulated[:3])}{' …' if meters > 3 else ''}")
     return key.key, simulated
+
+
+async def price_electricity(
+    channel: grpc.aio.Channel, metadata: tuple[tuple[str, str], ...], site_id: str
+) -> None:
+    """A day/night tariff (weekdays 08:00-20:00 at the peak price) for the site's electricity
+    and a grid emission factor, so consumption comes with cost and CO2."""
+    analytics = analytics_pb2_grpc.AnalyticsServiceStub(channel)
+    since = timestamp_pb2.Timestamp(seconds=int(time.time()) - 400 * 86400)
+    tariff = await analytics.CreateTariff(
+        analytics_pb2.CreateTariffRequest(
+            tariff=analytics_pb2.Tariff(
+                name="Day/night",
+                currency_code="EUR",
+                versions=[
+                    analytics_pb2.TariffVersion(
+                        effective_from=since,
+                        flat_price=0.22,
+                        standing_charge_per_day=0.45,
+                        windows=[
+                            analytics_pb2.TimeOfUseWindow(
+                                price=0.38,
+                                start_minute=8 * 60,
+                                end_minute=20 * 60,
+                                day_types=[analytics_pb2.DAY_TYPE_WEEKDAY],
+                            )
+                        ],
+                    )
+                ],
+            )
+        ),
+        metadata=metadata,
+    )
+    await analytics.CreateTariffAssignment(
+        analytics_pb2.CreateTariffAssignmentRequest(
+            site_id=site_id,
+            assignment=analytics_pb2.TariffAssignment(
+                tariff_id=tariff.tariff_id, commodity=devices_pb2.COMMODITY_ELECTRICITY
+            ),
+        ),
+        metadata=metadata,
+    )
+    await analytics.CreateEmissionFactor(
+        analytics_pb2.CreateEmissionFactorRequest(
+            emission_factor=analytics_pb2.EmissionFactor(
+                commodity=devices_pb2.COMMODITY_ELECTRICITY, kg_per_unit=0.38, effective_from=since
+            )
+        ),
+        metadata=metadata,
+    )
+    print(f"site {site_id}: electricity priced with the day/night tariff {tariff.tariff_id}")
 
 
 def progress(done: int, total: int | None, started: float, stream: ReadingStream) -> None:
@@ -148,6 +207,30 @@ async def wait_for_gateway(target: str, wait_seconds: float) -> None:
         await asyncio.sleep(1)
 
 
+async def live(
+    stream: ReadingStream,
+    meters: list[SimulatedMeter],
+    interval: float,
+    acceleration: float,
+    rng: random.Random,
+) -> None:
+    """Streams readings timed now, forever. Timestamps are real (the server refuses the
+    future); acceleration makes each real tick of interval/acceleration seconds consume a
+    whole interval."""
+    started = time.monotonic()
+    done = 0
+    while True:
+        moment = time.time()
+        for meter in meters:
+            await stream.add(
+                meter.meter_id, int(moment * 1000), meter.reading(moment, interval, rng)
+            )
+            done += 1
+        await stream.flush()
+        progress(done, None, started, stream)
+        await asyncio.sleep(interval / acceleration)
+
+
 async def run(args: argparse.Namespace) -> None:
     if args.wait:
         await wait_for_gateway(args.gateway, 300)
@@ -166,18 +249,6 @@ async def run(args: argparse.Namespace) -> None:
         interval = args.interval
         started = time.monotonic()
         done = 0
-        if args.live:
-            # Timestamps are real (the server refuses the future); acceleration makes each
-            # real tick of interval/acceleration seconds consume a whole interval.
-            while True:
-                moment = time.time()
-                for meter in meters:
-                    value = meter.reading(moment, interval, rng)
-                    await stream.add(meter.meter_id, int(moment * 1000), value)
-                    done += 1
-                await stream.flush()
-                progress(done, None, started, stream)
-                await asyncio.sleep(interval / args.acceleration)
         end = time.time() - interval
         moment = end - args.days * 86400
         steps = math.floor((end - moment) / interval)
@@ -191,9 +262,11 @@ async def run(args: argparse.Namespace) -> None:
             if done % 10_000 < len(meters):
                 progress(done, total, started, stream)
             moment += interval
-        await stream.close()
         progress(done, total, started, stream)
         sys.stderr.write("\n")
+        if args.live:
+            await live(stream, meters, interval, args.acceleration, rng)
+        await stream.close()
 
 
 def main() -> None:
@@ -202,7 +275,9 @@ def main() -> None:
     parser.add_argument("--meters", type=int, default=20)
     parser.add_argument("--interval", type=float, default=900, help="seconds between readings")
     parser.add_argument("--days", type=float, default=7, help="history to backfill")
-    parser.add_argument("--live", action="store_true", help="stream from now on, forever")
+    parser.add_argument(
+        "--live", action="store_true", help="after the backfill, stream from now on, forever"
+    )
     parser.add_argument(
         "--acceleration", type=float, default=300.0, help="live: simulated seconds per second"
     )

@@ -321,6 +321,27 @@ async def test_standing_charge_once_per_day_on_dst_days(http: httpx.AsyncClient)
         assert close(math.fsum(p["cost"] for p in hourly["points"]), 1.0 + 4 * hours * 0.10)
 
 
+async def test_standing_charge_assigned_later_counts_for_partly_measured_days(
+    http: httpx.AsyncClient,
+) -> None:
+    """Readings that cover only part of a day, stored before the site had a tariff: once a
+    tariff with a standing charge is assigned, the day still carries the whole charge."""
+    admin = await register(http)
+    site = (await create_site(http, admin, timeZone="Europe/Berlin"))["siteId"]
+    day = date(2026, 2, 10)
+    morning = local_midnight(day) + 10 * 3_600_000
+    starts = list(range(morning, morning + 4 * 3_600_000, QUARTER_MS))  # 10:00-14:00
+    meter = (await create_meter(http, admin, site, **INTERVAL_METER))["meterId"]
+    await write_readings(http, admin, meter, [s + QUARTER_MS for s in starts], [1.0] * 16)
+    await wait_for_days(http, admin, meter, day, day, "value", {day: 16.0})
+
+    tariff = await create_tariff(
+        http, admin, [flat_version(0.10, standingChargePerDay=1.0)], name="Standing later"
+    )
+    await assign_tariff(http, admin, site, tariff["tariffId"])
+    await wait_for_days(http, admin, meter, day, day, "cost", {day: 1.0 + 16 * 0.10})
+
+
 # --- repricing after changes ---------------------------------------------------------------
 
 

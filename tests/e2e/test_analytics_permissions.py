@@ -4,12 +4,17 @@ new RPC without a row fails here) by every kind of caller, over native gRPC thro
 Tariffs, assignments and emission factors are managed by managers and admins and read by
 everyone of the organization (a viewer reads a site's assignments only for a site they see);
 another organization's admin gets NOT_FOUND for anything naming this organization's
-resources. RPCs this version does not serve yet answer UNIMPLEMENTED to signed-in callers."""
+resources. Consumption, summary and forecast of the assigned meter or its site are read by
+everyone who sees it; organization-wide reads (consumption, top consumers, anomalies, export)
+answer everyone signed in, within their own organization (a viewer: their meters only); the
+rollup consumer's status needs ORGANIZATION_READ (operators and up, of any organization: it is
+not about one organization's resources)."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from datetime import date
 from typing import TYPE_CHECKING
 
 import grpc
@@ -25,7 +30,9 @@ from tests.e2e.analytics_steps import (
     create_emission_factor,
     create_tariff,
     flat_version,
+    quarter_starts,
     unique_year,
+    write_quarter_amounts,
 )
 from tests.e2e.conftest import gateway_client
 from tests.e2e.device_steps import assign, create_meter, create_site
@@ -54,7 +61,8 @@ READ = (UNAUTHENTICATED, NOT_FOUND, OK, OK, OK, OK, OK)
 READ_ASSIGNED = (UNAUTHENTICATED, NOT_FOUND, NOT_FOUND, OK, OK, OK, OK)
 # Listing: everyone signed in, each within their own organization.
 LIST = (UNAUTHENTICATED, OK, OK, OK, OK, OK, OK)
-NOT_YET = (UNAUTHENTICATED,) + (grpc.StatusCode.UNIMPLEMENTED,) * 6
+# Operators and up, whatever their organization (nothing of the first one is named).
+ORGANIZATION_READ = (UNAUTHENTICATED, OK, DENIED, DENIED, OK, OK, OK)
 
 
 @dataclass
@@ -169,7 +177,7 @@ MATRIX: dict[str, tuple[Call, tuple[grpc.StatusCode, ...]]] = {
             ),
             metadata=m,
         ),
-        NOT_YET,
+        READ_ASSIGNED,
     ),
     "GetOrganizationConsumption": (
         lambda s, w, m: s.GetOrganizationConsumption(
@@ -178,32 +186,32 @@ MATRIX: dict[str, tuple[Call, tuple[grpc.StatusCode, ...]]] = {
             ),
             metadata=m,
         ),
-        NOT_YET,
+        LIST,
     ),
     "GetSiteSummary": (
         lambda s, w, m: s.GetSiteSummary(
             analytics_pb2.GetSiteSummaryRequest(site_id=w.site_id, start_time=START, end_time=END),
             metadata=m,
         ),
-        NOT_YET,
+        READ_ASSIGNED,
     ),
     "ListTopConsumers": (
         lambda s, w, m: s.ListTopConsumers(
             analytics_pb2.ListTopConsumersRequest(start_time=START, end_time=END), metadata=m
         ),
-        NOT_YET,
+        LIST,
     ),
     "GetMeterForecast": (
         lambda s, w, m: s.GetMeterForecast(
             analytics_pb2.GetMeterForecastRequest(meter_id=w.meter_id), metadata=m
         ),
-        NOT_YET,
+        READ_ASSIGNED,
     ),
     "ListAnomalies": (
         lambda s, w, m: s.ListAnomalies(analytics_pb2.ListAnomaliesRequest(), metadata=m),
-        NOT_YET,
+        LIST,
     ),
-    "ExportConsumption": (export, NOT_YET),
+    "ExportConsumption": (export, LIST),
     "CreateTariff": (
         lambda s, w, m: s.CreateTariff(
             analytics_pb2.CreateTariffRequest(tariff=new_tariff()), metadata=m
@@ -263,6 +271,10 @@ MATRIX: dict[str, tuple[Call, tuple[grpc.StatusCode, ...]]] = {
         LIST,
     ),
     "DeleteEmissionFactor": (delete_fresh_factor, MANAGE),
+    "GetRollupStatus": (
+        lambda s, w, m: s.GetRollupStatus(analytics_pb2.GetRollupStatusRequest(), metadata=m),
+        ORGANIZATION_READ,
+    ),
 }
 
 
@@ -285,19 +297,18 @@ async def world(mesh: Mesh) -> AsyncIterator[World]:
         await assign(http, admin, meter["meterId"], accounts["viewer_assigned"].user_id)
         tariff = await create_tariff(http, admin, [flat_version(0.2)])
 
-        async def site_known() -> bool:
+        # Eight days of readings, so that the meter has the week of history a forecast needs.
+        starts = quarter_starts(date(2026, 1, 1), date(2026, 1, 8))
+        await write_quarter_amounts(http, admin, meter["meterId"], starts, [0.5] * len(starts))
+
+        async def forecastable() -> bool:
             response = await http.get(
-                f"/v1/meters/{meter['meterId']}/consumption",
-                params={
-                    "startTime": "2026-01-01T00:00:00Z",
-                    "endTime": "2026-01-02T00:00:00Z",
-                    "granularity": "GRANULARITY_DAY",
-                },
-                headers=admin.headers,
+                f"/v1/meters/{meter['meterId']}/forecast", headers=admin.headers
             )
             return response.status_code == 200
 
-        await eventually(site_known)  # analytics learns of the site from the registry's events
+        # Analytics learns of the site from the registry's events, then rolls the readings up.
+        await eventually(forecastable, wait_seconds=60)
         yield World(accounts, site["siteId"], meter["meterId"], tariff["tariffId"], http)
 
 

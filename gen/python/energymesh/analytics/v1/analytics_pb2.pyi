@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from energymesh.devices.v1 import devices_pb2 as _devices_pb2
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
@@ -638,6 +639,8 @@ class MeterForecast(_message.Message):
     POINTS_FIELD_NUMBER: _builtins.int
     BACKTEST_MAPE_FIELD_NUMBER: _builtins.int
     SEASONAL_NAIVE_MAPE_FIELD_NUMBER: _builtins.int
+    BACKTEST_HOURS_FIELD_NUMBER: _builtins.int
+    HISTORY_HOURS_FIELD_NUMBER: _builtins.int
     meter_id: _builtins.str
     unit: _builtins.str
     backtest_mape: _builtins.float
@@ -645,6 +648,12 @@ class MeterForecast(_message.Message):
     model's and a seasonal-naive baseline's (the same hour one week earlier).
     """
     seasonal_naive_mape: _builtins.float
+    backtest_hours: _builtins.int
+    """Hours the backtest compared (the last 14 days); 0 when the meter has less than three
+    weeks of hourly history, and then both MAPEs are 0.
+    """
+    history_hours: _builtins.int
+    """Hourly values the model was fitted on (at most four weeks, at least one)."""
     @_builtins.property
     def points(self) -> _containers.RepeatedCompositeFieldContainer[Global___ForecastPoint]: ...
     def __init__(
@@ -655,10 +664,12 @@ class MeterForecast(_message.Message):
         points: _abc.Iterable[Global___ForecastPoint] | None = ...,
         backtest_mape: _builtins.float = ...,
         seasonal_naive_mape: _builtins.float = ...,
+        backtest_hours: _builtins.int = ...,
+        history_hours: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backtest_mape", b"backtest_mape", "meter_id", b"meter_id", "points", b"points", "seasonal_naive_mape", b"seasonal_naive_mape", "unit", b"unit"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backtest_hours", b"backtest_hours", "backtest_mape", b"backtest_mape", "history_hours", b"history_hours", "meter_id", b"meter_id", "points", b"points", "seasonal_naive_mape", b"seasonal_naive_mape", "unit", b"unit"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -728,11 +739,15 @@ class ListAnomaliesRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     meter_id: _builtins.str
+    """Only this meter's, or this site's; neither: every meter the caller sees."""
     site_id: _builtins.str
     page_size: _builtins.int
+    """1 to 1000; 0 means 100."""
     page_token: _builtins.str
     @_builtins.property
-    def start_time(self) -> _timestamp_pb2.Timestamp: ...
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """Anomalous hours starting in [start_time, end_time); unset: open."""
+
     @_builtins.property
     def end_time(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -778,6 +793,8 @@ Global___ListAnomaliesResponse: _TypeAlias = ListAnomaliesResponse  # noqa: Y015
 
 @_typing.final
 class ExportConsumptionRequest(_message.Message):
+    """One CSV row per meter and bucket, meters in id order, buckets in time order."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     METER_ID_FIELD_NUMBER: _builtins.int
@@ -789,7 +806,7 @@ class ExportConsumptionRequest(_message.Message):
     COMMODITY_FIELD_NUMBER: _builtins.int
     FORMAT_FIELD_NUMBER: _builtins.int
     meter_id: _builtins.str
-    """At most one of meter_id and site_id; neither: the whole organization."""
+    """At most one of meter_id and site_id; neither: every meter the caller sees."""
     site_id: _builtins.str
     granularity: Global___Granularity.ValueType
     time_zone: _builtins.str
@@ -1354,3 +1371,67 @@ class DeleteEmissionFactorRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteEmissionFactorRequest: _TypeAlias = DeleteEmissionFactorRequest  # noqa: Y015
+
+@_typing.final
+class GetRollupStatusRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRollupStatusRequest: _TypeAlias = GetRollupStatusRequest  # noqa: Y015
+
+@_typing.final
+class RollupStatus(_message.Message):
+    """Gauges of the rollup consumer (the durable JetStream consumer of telemetry.readings.committed
+    shared by every analytics replica).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PENDING_EVENTS_FIELD_NUMBER: _builtins.int
+    APPLIED_EVENTS_FIELD_NUMBER: _builtins.int
+    APPLIED_READINGS_FIELD_NUMBER: _builtins.int
+    LAST_LAG_FIELD_NUMBER: _builtins.int
+    LAST_APPLY_TIME_FIELD_NUMBER: _builtins.int
+    REBUILDING_METERS_FIELD_NUMBER: _builtins.int
+    pending_events: _builtins.int
+    """Committed-readings events not yet applied to the rollups (pending and in flight)."""
+    applied_events: _builtins.int
+    """Events and readings this process applied since it started."""
+    applied_readings: _builtins.int
+    rebuilding_meters: _builtins.int
+    """Meters whose rollups are being rebuilt (after a change of site, time zone, multiplier,
+    rollover value or cadence); their consumption is incomplete until done.
+    """
+    @_builtins.property
+    def last_lag(self) -> _duration_pb2.Duration:
+        """For the last event this process applied: the time between its publication and the
+        commit of its rollups (the lag of the rollups behind ingest), and when it was applied.
+        """
+
+    @_builtins.property
+    def last_apply_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        pending_events: _builtins.int = ...,
+        applied_events: _builtins.int = ...,
+        applied_readings: _builtins.int = ...,
+        last_lag: _duration_pb2.Duration | None = ...,
+        last_apply_time: _timestamp_pb2.Timestamp | None = ...,
+        rebuilding_meters: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["last_apply_time", b"last_apply_time", "last_lag", b"last_lag"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_events", b"applied_events", "applied_readings", b"applied_readings", "last_apply_time", b"last_apply_time", "last_lag", b"last_lag", "pending_events", b"pending_events", "rebuilding_meters", b"rebuilding_meters"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RollupStatus: _TypeAlias = RollupStatus  # noqa: Y015

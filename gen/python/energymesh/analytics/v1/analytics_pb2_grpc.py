@@ -145,6 +145,11 @@ class AnalyticsServiceStub:
                 request_serializer=energymesh_dot_analytics_dot_v1_dot_analytics__pb2.DeleteEmissionFactorRequest.SerializeToString,
                 response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
                 _registered_method=True)
+        self.GetRollupStatus = channel.unary_unary(
+                '/energymesh.analytics.v1.AnalyticsService/GetRollupStatus',
+                request_serializer=energymesh_dot_analytics_dot_v1_dot_analytics__pb2.GetRollupStatusRequest.SerializeToString,
+                response_deserializer=energymesh_dot_analytics_dot_v1_dot_analytics__pb2.RollupStatus.FromString,
+                _registered_method=True)
 
 
 class AnalyticsServiceServicer:
@@ -172,7 +177,11 @@ class AnalyticsServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetSiteConsumption(self, request, context):
-        """Consumption of a site's meters (summed per commodity and direction).
+        """Consumption of a site's meters, summed into one series per commodity, direction and
+        unit (or netted: import minus export). A point's peak_demand is the site's coincident peak
+        (the highest 15-minute total of its meters) and its completeness the share of the meters'
+        expected time covered by readings. A viewer sees only the meters assigned to them; their
+        peak_demand is then the highest of those meters' own peaks.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -180,7 +189,9 @@ class AnalyticsServiceServicer:
 
     def GetOrganizationConsumption(self, request, context):
         """Consumption of the whole organization (or the meters the viewer is assigned), optionally
-        of one commodity.
+        of one commodity: one series per commodity, direction and unit, summed over sites. Each
+        site has its own grid connection, so a point's peak_demand is the highest of its sites'
+        peaks. Fastest when time_zone is the sites' own zone (their stored buckets are summed).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -195,21 +206,28 @@ class AnalyticsServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListTopConsumers(self, request, context):
-        """The meters and sites that consumed most over a period.
+        """The meters and sites that consumed most (import only) over a period: the top `limit` of
+        each commodity, largest first.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetMeterForecast(self, request, context):
-        """An hourly forecast for a meter, with prediction intervals and the model's backtest error.
+        """An hourly forecast for a meter after its last hour with readings, with prediction
+        intervals and the model's backtest error. FAILED_PRECONDITION with less than one week of
+        hourly history.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListAnomalies(self, request, context):
-        """Anomalous hours found in the hourly rollups, newest first.
+        """Anomalous hours found in the hourly rollups, newest first. The rollup consumer checks every
+        hour it recomputes whose data is complete (completeness >= 0.9) against the same local
+        hour of the week in the previous four weeks (at least three of them complete): |score| > 4
+        is an anomaly, stored and published once on `analytics.anomaly.detected`. A late reading
+        that makes the hour normal again removes it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -297,6 +315,14 @@ class AnalyticsServiceServicer:
 
     def DeleteEmissionFactor(self, request, context):
         """Deletes an emission factor.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRollupStatus(self, request, context):
+        """Internal, for operators, tests and benchmarks (no REST binding): how far the rollups lag
+        behind the committed readings, as seen by this analytics process.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -399,6 +425,11 @@ def add_AnalyticsServiceServicer_to_server(servicer, server):
                     servicer.DeleteEmissionFactor,
                     request_deserializer=energymesh_dot_analytics_dot_v1_dot_analytics__pb2.DeleteEmissionFactorRequest.FromString,
                     response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            ),
+            'GetRollupStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRollupStatus,
+                    request_deserializer=energymesh_dot_analytics_dot_v1_dot_analytics__pb2.GetRollupStatusRequest.FromString,
+                    response_serializer=energymesh_dot_analytics_dot_v1_dot_analytics__pb2.RollupStatus.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -928,6 +959,33 @@ class AnalyticsService:
             '/energymesh.analytics.v1.AnalyticsService/DeleteEmissionFactor',
             energymesh_dot_analytics_dot_v1_dot_analytics__pb2.DeleteEmissionFactorRequest.SerializeToString,
             google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRollupStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/energymesh.analytics.v1.AnalyticsService/GetRollupStatus',
+            energymesh_dot_analytics_dot_v1_dot_analytics__pb2.GetRollupStatusRequest.SerializeToString,
+            energymesh_dot_analytics_dot_v1_dot_analytics__pb2.RollupStatus.FromString,
             options,
             channel_credentials,
             insecure,

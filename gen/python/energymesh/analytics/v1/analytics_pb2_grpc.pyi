@@ -52,21 +52,38 @@ class AnalyticsServiceStub:
     GetMeterConsumption: _grpc.UnaryUnaryMultiCallable[_analytics_pb2.GetMeterConsumptionRequest, _analytics_pb2.GetMeterConsumptionResponse]
     """Consumption of one meter over [start_time, end_time) at a granularity."""
     GetSiteConsumption: _grpc.UnaryUnaryMultiCallable[_analytics_pb2.GetSiteConsumptionRequest, _analytics_pb2.GetSiteConsumptionResponse]
-    """Consumption of a site's meters (summed per commodity and direction)."""
+    """Consumption of a site's meters, summed into one series per commodity, direction and
+    unit (or netted: import minus export). A point's peak_demand is the site's coincident peak
+    (the highest 15-minute total of its meters) and its completeness the share of the meters'
+    expected time covered by readings. A viewer sees only the meters assigned to them; their
+    peak_demand is then the highest of those meters' own peaks.
+    """
     GetOrganizationConsumption: _grpc.UnaryUnaryMultiCallable[_analytics_pb2.GetOrganizationConsumptionRequest, _analytics_pb2.GetOrganizationConsumptionResponse]
     """Consumption of the whole organization (or the meters the viewer is assigned), optionally
-    of one commodity.
+    of one commodity: one series per commodity, direction and unit, summed over sites. Each
+    site has its own grid connection, so a point's peak_demand is the highest of its sites'
+    peaks. Fastest when time_zone is the sites' own zone (their stored buckets are summed).
     """
     GetSiteSummary: _grpc.UnaryUnaryMultiCallable[_analytics_pb2.GetSiteSummaryRequest, _analytics_pb2.SiteSummary]
     """A site's totals over a period: consumption, peak demand and when, baseload, cost, CO2,
     and the change against the previous period of equal length.
     """
     ListTopConsumers: _grpc.UnaryUnaryMultiCallable[_analytics_pb2.ListTopConsumersRequest, _analytics_pb2.ListTopConsumersResponse]
-    """The meters and sites that consumed most over a period."""
+    """The meters and sites that consumed most (import only) over a period: the top `limit` of
+    each commodity, largest first.
+    """
     GetMeterForecast: _grpc.UnaryUnaryMultiCallable[_analytics_pb2.GetMeterForecastRequest, _analytics_pb2.MeterForecast]
-    """An hourly forecast for a meter, with prediction intervals and the model's backtest error."""
+    """An hourly forecast for a meter after its last hour with readings, with prediction
+    intervals and the model's backtest error. FAILED_PRECONDITION with less than one week of
+    hourly history.
+    """
     ListAnomalies: _grpc.UnaryUnaryMultiCallable[_analytics_pb2.ListAnomaliesRequest, _analytics_pb2.ListAnomaliesResponse]
-    """Anomalous hours found in the hourly rollups, newest first."""
+    """Anomalous hours found in the hourly rollups, newest first. The rollup consumer checks every
+    hour it recomputes whose data is complete (completeness >= 0.9) against the same local
+    hour of the week in the previous four weeks (at least three of them complete): |score| > 4
+    is an anomaly, stored and published once on `analytics.anomaly.detected`. A late reading
+    that makes the hour normal again removes it.
+    """
     ExportConsumption: _grpc.UnaryStreamMultiCallable[_analytics_pb2.ExportConsumptionRequest, _httpbody_pb2.HttpBody]
     """Consumption as CSV (text/csv), the same filters as the consumption queries. Streamed in
     chunks of at most 1 MiB each so large ranges need no buffering; gRPC flow control paces
@@ -95,6 +112,10 @@ class AnalyticsServiceStub:
     """Lists the organization's emission factors by commodity and effective date."""
     DeleteEmissionFactor: _grpc.UnaryUnaryMultiCallable[_analytics_pb2.DeleteEmissionFactorRequest, _empty_pb2.Empty]
     """Deletes an emission factor."""
+    GetRollupStatus: _grpc.UnaryUnaryMultiCallable[_analytics_pb2.GetRollupStatusRequest, _analytics_pb2.RollupStatus]
+    """Internal, for operators, tests and benchmarks (no REST binding): how far the rollups lag
+    behind the committed readings, as seen by this analytics process.
+    """
 
 @_typing.type_check_only
 class AnalyticsServiceAsyncStub(AnalyticsServiceStub):
@@ -118,21 +139,38 @@ class AnalyticsServiceAsyncStub(AnalyticsServiceStub):
     GetMeterConsumption: _aio.UnaryUnaryMultiCallable[_analytics_pb2.GetMeterConsumptionRequest, _analytics_pb2.GetMeterConsumptionResponse]  # type: ignore[assignment]
     """Consumption of one meter over [start_time, end_time) at a granularity."""
     GetSiteConsumption: _aio.UnaryUnaryMultiCallable[_analytics_pb2.GetSiteConsumptionRequest, _analytics_pb2.GetSiteConsumptionResponse]  # type: ignore[assignment]
-    """Consumption of a site's meters (summed per commodity and direction)."""
+    """Consumption of a site's meters, summed into one series per commodity, direction and
+    unit (or netted: import minus export). A point's peak_demand is the site's coincident peak
+    (the highest 15-minute total of its meters) and its completeness the share of the meters'
+    expected time covered by readings. A viewer sees only the meters assigned to them; their
+    peak_demand is then the highest of those meters' own peaks.
+    """
     GetOrganizationConsumption: _aio.UnaryUnaryMultiCallable[_analytics_pb2.GetOrganizationConsumptionRequest, _analytics_pb2.GetOrganizationConsumptionResponse]  # type: ignore[assignment]
     """Consumption of the whole organization (or the meters the viewer is assigned), optionally
-    of one commodity.
+    of one commodity: one series per commodity, direction and unit, summed over sites. Each
+    site has its own grid connection, so a point's peak_demand is the highest of its sites'
+    peaks. Fastest when time_zone is the sites' own zone (their stored buckets are summed).
     """
     GetSiteSummary: _aio.UnaryUnaryMultiCallable[_analytics_pb2.GetSiteSummaryRequest, _analytics_pb2.SiteSummary]  # type: ignore[assignment]
     """A site's totals over a period: consumption, peak demand and when, baseload, cost, CO2,
     and the change against the previous period of equal length.
     """
     ListTopConsumers: _aio.UnaryUnaryMultiCallable[_analytics_pb2.ListTopConsumersRequest, _analytics_pb2.ListTopConsumersResponse]  # type: ignore[assignment]
-    """The meters and sites that consumed most over a period."""
+    """The meters and sites that consumed most (import only) over a period: the top `limit` of
+    each commodity, largest first.
+    """
     GetMeterForecast: _aio.UnaryUnaryMultiCallable[_analytics_pb2.GetMeterForecastRequest, _analytics_pb2.MeterForecast]  # type: ignore[assignment]
-    """An hourly forecast for a meter, with prediction intervals and the model's backtest error."""
+    """An hourly forecast for a meter after its last hour with readings, with prediction
+    intervals and the model's backtest error. FAILED_PRECONDITION with less than one week of
+    hourly history.
+    """
     ListAnomalies: _aio.UnaryUnaryMultiCallable[_analytics_pb2.ListAnomaliesRequest, _analytics_pb2.ListAnomaliesResponse]  # type: ignore[assignment]
-    """Anomalous hours found in the hourly rollups, newest first."""
+    """Anomalous hours found in the hourly rollups, newest first. The rollup consumer checks every
+    hour it recomputes whose data is complete (completeness >= 0.9) against the same local
+    hour of the week in the previous four weeks (at least three of them complete): |score| > 4
+    is an anomaly, stored and published once on `analytics.anomaly.detected`. A late reading
+    that makes the hour normal again removes it.
+    """
     ExportConsumption: _aio.UnaryStreamMultiCallable[_analytics_pb2.ExportConsumptionRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
     """Consumption as CSV (text/csv), the same filters as the consumption queries. Streamed in
     chunks of at most 1 MiB each so large ranges need no buffering; gRPC flow control paces
@@ -161,6 +199,10 @@ class AnalyticsServiceAsyncStub(AnalyticsServiceStub):
     """Lists the organization's emission factors by commodity and effective date."""
     DeleteEmissionFactor: _aio.UnaryUnaryMultiCallable[_analytics_pb2.DeleteEmissionFactorRequest, _empty_pb2.Empty]  # type: ignore[assignment]
     """Deletes an emission factor."""
+    GetRollupStatus: _aio.UnaryUnaryMultiCallable[_analytics_pb2.GetRollupStatusRequest, _analytics_pb2.RollupStatus]  # type: ignore[assignment]
+    """Internal, for operators, tests and benchmarks (no REST binding): how far the rollups lag
+    behind the committed readings, as seen by this analytics process.
+    """
 
 class AnalyticsServiceServicer(metaclass=_abc_1.ABCMeta):
     """AnalyticsService turns raw readings into consumption, cost, CO2, anomalies and forecasts.
@@ -193,7 +235,12 @@ class AnalyticsServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _analytics_pb2.GetSiteConsumptionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_analytics_pb2.GetSiteConsumptionResponse, _abc.Awaitable[_analytics_pb2.GetSiteConsumptionResponse]]:
-        """Consumption of a site's meters (summed per commodity and direction)."""
+        """Consumption of a site's meters, summed into one series per commodity, direction and
+        unit (or netted: import minus export). A point's peak_demand is the site's coincident peak
+        (the highest 15-minute total of its meters) and its completeness the share of the meters'
+        expected time covered by readings. A viewer sees only the meters assigned to them; their
+        peak_demand is then the highest of those meters' own peaks.
+        """
 
     @_abc_1.abstractmethod
     def GetOrganizationConsumption(
@@ -202,7 +249,9 @@ class AnalyticsServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_analytics_pb2.GetOrganizationConsumptionResponse, _abc.Awaitable[_analytics_pb2.GetOrganizationConsumptionResponse]]:
         """Consumption of the whole organization (or the meters the viewer is assigned), optionally
-        of one commodity.
+        of one commodity: one series per commodity, direction and unit, summed over sites. Each
+        site has its own grid connection, so a point's peak_demand is the highest of its sites'
+        peaks. Fastest when time_zone is the sites' own zone (their stored buckets are summed).
         """
 
     @_abc_1.abstractmethod
@@ -221,7 +270,9 @@ class AnalyticsServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _analytics_pb2.ListTopConsumersRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_analytics_pb2.ListTopConsumersResponse, _abc.Awaitable[_analytics_pb2.ListTopConsumersResponse]]:
-        """The meters and sites that consumed most over a period."""
+        """The meters and sites that consumed most (import only) over a period: the top `limit` of
+        each commodity, largest first.
+        """
 
     @_abc_1.abstractmethod
     def GetMeterForecast(
@@ -229,7 +280,10 @@ class AnalyticsServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _analytics_pb2.GetMeterForecastRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_analytics_pb2.MeterForecast, _abc.Awaitable[_analytics_pb2.MeterForecast]]:
-        """An hourly forecast for a meter, with prediction intervals and the model's backtest error."""
+        """An hourly forecast for a meter after its last hour with readings, with prediction
+        intervals and the model's backtest error. FAILED_PRECONDITION with less than one week of
+        hourly history.
+        """
 
     @_abc_1.abstractmethod
     def ListAnomalies(
@@ -237,7 +291,12 @@ class AnalyticsServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _analytics_pb2.ListAnomaliesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_analytics_pb2.ListAnomaliesResponse, _abc.Awaitable[_analytics_pb2.ListAnomaliesResponse]]:
-        """Anomalous hours found in the hourly rollups, newest first."""
+        """Anomalous hours found in the hourly rollups, newest first. The rollup consumer checks every
+        hour it recomputes whose data is complete (completeness >= 0.9) against the same local
+        hour of the week in the previous four weeks (at least three of them complete): |score| > 4
+        is an anomaly, stored and published once on `analytics.anomaly.detected`. A late reading
+        that makes the hour normal again removes it.
+        """
 
     @_abc_1.abstractmethod
     def ExportConsumption(
@@ -338,5 +397,15 @@ class AnalyticsServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
         """Deletes an emission factor."""
+
+    @_abc_1.abstractmethod
+    def GetRollupStatus(
+        self,
+        request: _analytics_pb2.GetRollupStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_analytics_pb2.RollupStatus, _abc.Awaitable[_analytics_pb2.RollupStatus]]:
+        """Internal, for operators, tests and benchmarks (no REST binding): how far the rollups lag
+        behind the committed readings, as seen by this analytics process.
+        """
 
 def add_AnalyticsServiceServicer_to_server(servicer: AnalyticsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
