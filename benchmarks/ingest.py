@@ -25,7 +25,7 @@ ingest fares beside them. Per phase, the CPU seconds of every process tree are p
 the machine's CPU time outside them (other work on a shared machine).
 
     python -m benchmarks.ingest [--meters 1000] [--readings 1000] [--scale 1] [--runs 3]
-                                [--consumer-seconds 10] [--profile DIR]
+                                [--consumer-seconds 5] [--profile DIR]
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 import httpx
@@ -154,7 +155,8 @@ async def checkpoint(database_url: str) -> None:
 
 class RawCopy:
     """The limit: COPY of the same number of readings straight into a table identical to
-    telemetry.readings (its indexes and partitions), emptied before each run."""
+    telemetry.readings (its indexes and partitions), emptied before each run. One connection
+    for all runs (its backend's CPU time is counted while it lives)."""
 
     def __init__(self, database_url: str, readings: int, start_ms: int) -> None:
         self.database_url = database_url
@@ -169,44 +171,48 @@ class RawCopy:
         rows["time"] = (times[:readings] - PG_EPOCH_MS) * 1000
         rows["value"] = np.arange(readings, dtype=np.float64)
         self.data = COPY_HEADER + rows.tobytes() + COPY_TRAILER
+        self._pg: psycopg.AsyncConnection[Any] | None = None
+
+    @property
+    def pg(self) -> psycopg.AsyncConnection[Any]:
+        assert self._pg is not None, "create() first"
+        return self._pg
 
     async def create(self) -> None:
-        async with await psycopg.AsyncConnection.connect(self.database_url, autocommit=True) as pg:
-            await pg.execute("DROP SCHEMA IF EXISTS bench CASCADE")
-            await pg.execute("CREATE SCHEMA bench")
-            await pg.execute(
-                "CREATE TABLE bench.readings (LIKE telemetry.readings INCLUDING ALL) "
-                "PARTITION BY RANGE (time)"
-            )
-            cursor = await pg.execute(
-                "SELECT pg_get_expr(c.relpartbound, c.oid), c.relname FROM pg_inherits i "
-                "JOIN pg_class c ON c.oid = i.inhrelid "
-                "WHERE i.inhparent = 'telemetry.readings'::regclass"
-            )
-            for bound, name in await cursor.fetchall():
-                await pg.execute(f"CREATE TABLE bench.{name} PARTITION OF bench.readings {bound}")
+        self._pg = await psycopg.AsyncConnection.connect(self.database_url, autocommit=True)
+        await self.pg.execute("DROP SCHEMA IF EXISTS bench CASCADE")
+        await self.pg.execute("CREATE SCHEMA bench")
+        await self.pg.execute(
+            "CREATE TABLE bench.readings (LIKE telemetry.readings INCLUDING ALL) "
+            "PARTITION BY RANGE (time)"
+        )
+        cursor = await self.pg.execute(
+            "SELECT pg_get_expr(c.relpartbound, c.oid), c.relname FROM pg_inherits i "
+            "JOIN pg_class c ON c.oid = i.inhrelid "
+            "WHERE i.inhparent = 'telemetry.readings'::regclass"
+        )
+        for bound, name in await cursor.fetchall():
+            await self.pg.execute(f"CREATE TABLE bench.{name} PARTITION OF bench.readings {bound}")
 
     async def drop(self) -> None:
-        async with await psycopg.AsyncConnection.connect(self.database_url, autocommit=True) as pg:
-            await pg.execute("DROP SCHEMA bench CASCADE")
+        await self.pg.execute("DROP SCHEMA bench CASCADE")
+        await self.pg.close()
 
     async def empty(self) -> None:
-        async with await psycopg.AsyncConnection.connect(self.database_url, autocommit=True) as pg:
-            await pg.execute("TRUNCATE bench.readings")
+        await self.pg.execute("TRUNCATE bench.readings")
 
     async def run(self) -> float:
         """One COPY of every reading in one transaction; readings/s."""
-        async with await psycopg.AsyncConnection.connect(self.database_url) as pg:
-            started = time.perf_counter()
-            async with (
-                pg.transaction(),
-                pg.cursor().copy(
-                    "COPY bench.readings (meter_id, time, value) FROM STDIN (FORMAT BINARY)"
-                ) as copy,
-            ):
-                for offset in range(0, len(self.data), 1 << 20):
-                    await copy.write(self.data[offset : offset + (1 << 20)])
-            return self.readings / (time.perf_counter() - started)
+        started = time.perf_counter()
+        async with (
+            self.pg.transaction(),
+            self.pg.cursor().copy(
+                "COPY bench.readings (meter_id, time, value) FROM STDIN (FORMAT BINARY)"
+            ) as copy,
+        ):
+            for offset in range(0, len(self.data), 1 << 20):
+                await copy.write(self.data[offset : offset + (1 << 20)])
+        return self.readings / (time.perf_counter() - started)
 
 
 # Not a dependency of the project: `--profile` asks for it to be installed in the venv.
@@ -460,7 +466,8 @@ async def measure(
             cpu.stop(name, time.perf_counter() - started, total)
         results.runs.setdefault(name.split(" ")[0], []).append(rate)
         results.phase_rss[name] = peak_rss(profiler.pid)
-        results.stored[name] = await stored_count(database_url, meter_ids)
+        if name in (f"first {runs}", f"replay {runs}", "fresh_ids"):
+            results.stored[name] = await stored_count(database_url, meter_ids)
         accepted_total += accepted
         return accepted
 
@@ -616,7 +623,7 @@ def main() -> None:
     parser.add_argument(
         "--consumer-seconds",
         type=float,
-        default=10.0,
+        default=5.0,
         help="how long the event consumers are watched working off the backlog",
     )
     parser.add_argument(
