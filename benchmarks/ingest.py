@@ -607,8 +607,9 @@ def report(args: argparse.Namespace, results: Results) -> None:
         + ", ".join(f"{name} {value / 2**20:.0f} MiB" for name, value in results.phase_rss.items())
     )
     print(f"cores: {os.cpu_count()}; client, service, PostgreSQL and Envoy share them")
-    print("\nCPU seconds per phase (process trees; bench: the load generator; <phase>:ev: the")
-    print("consumers catching up on that phase's events, per reading accepted)")
+    print("\nCPU seconds per phase (process trees; bench: the load generator; outside: the rest")
+    print("of the machine; us/reading: the mesh's CPU per reading or message; consumers: per")
+    print("reading of the events worked through)")
     print("\n".join(results.cpu))
 
 
