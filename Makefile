@@ -90,7 +90,7 @@ run: setup
 test: lint gen-check
 	$(BIN)/pytest
 
-# Ingest and analytics figures, each on a fresh mesh (a few minutes on 2 cores);
+# Ingest figures (about two minutes on 2 cores) and analytics figures, each on a fresh mesh;
 # BENCH_ARGS=--scale 4 for a bigger ingest run, ANALYTICS_BENCH_ARGS=--meters 1000 for 35M
 # readings of analytics.
 bench: setup

@@ -20,6 +20,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    bindparam,
     delete,
     func,
     select,
@@ -66,11 +67,31 @@ def event_headers(event: Message, message_id: str) -> dict[str, str]:
 
 
 class Outbox:
-    def __init__(self, database: Database, table: Table, messaging: Messaging) -> None:
+    def __init__(
+        self,
+        database: Database,
+        table: Table,
+        messaging: Messaging,
+        gather_seconds: float = 0.0,
+        batch: int = 200,
+    ) -> None:
+        """`gather_seconds`: after a wake-up, the relay waits this long before publishing, so
+        that the events of commits close together go out in one round (one transaction), for
+        a service that commits many times a second."""
         self._database = database
         self._table = table
         self._messaging = messaging
+        self._gather = gather_seconds
+        self._batch = batch
         self._wakeup = asyncio.Event()
+        self._pending = (
+            select(table.c.id, table.c.subject, table.c.payload, table.c.headers)
+            .where(table.c.publish_time.is_(None))
+            .order_by(table.c.create_time)
+            .limit(batch)
+            .with_for_update(skip_locked=True)
+        )
+        self._published = delete(table).where(table.c.id.in_(bindparam("ids", expanding=True)))
 
     async def add(
         self, session: AsyncSession, subject: str, event: Message, message_id: str | None = None
@@ -97,33 +118,34 @@ class Outbox:
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), poll_seconds)
+            if self._gather and self._wakeup.is_set():
+                await asyncio.sleep(self._gather)
             self._wakeup.clear()
             try:
-                while await self.publish_pending():
+                # Until a round finds less than a full batch (events added meanwhile woke us).
+                while await self.publish_pending() >= self._batch:
                     pass
             except Exception as exc:
                 log.warning("outbox: publish failed, will retry (%s)", exc)
                 await asyncio.sleep(1)
 
-    async def publish_pending(self, limit: int = 200) -> int:
+    async def publish_pending(self) -> int:
         """Publishes one batch of pending events; returns how many."""
-        table = self._table
         async with self._database.transaction() as session:
-            rows = (
-                await session.execute(
-                    select(table.c.id, table.c.subject, table.c.payload, table.c.headers)
-                    .where(table.c.publish_time.is_(None))
-                    .order_by(table.c.create_time)
-                    .limit(limit)
-                    .with_for_update(skip_locked=True)
-                )
-            ).all()
+            rows = (await session.execute(self._pending)).all()
             if not rows:
                 return 0
             js = self._messaging.jetstream
-            for row in rows:
-                await js.publish(row.subject, row.payload, headers=row.headers, timeout=5)
+            # Sent one after another without waiting for each acknowledgement (one round trip
+            # for the lot); all must be acknowledged before the rows go. If one fails, the
+            # rows stay and are published again: Nats-Msg-Id makes JetStream store them once.
+            await asyncio.gather(
+                *(
+                    js.publish(row.subject, row.payload, headers=row.headers, timeout=5)
+                    for row in rows
+                )
+            )
             # Published rows are deleted, not kept: payloads may carry secrets (reset links)
             # that must not linger in the database. JetStream now holds the event.
-            await session.execute(delete(table).where(table.c.id.in_([row.id for row in rows])))
+            await session.execute(self._published, {"ids": [row.id for row in rows]})
         return len(rows)

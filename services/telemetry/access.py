@@ -40,6 +40,8 @@ DECOMMISSIONED = devices_pb2.METER_STATE_DECOMMISSIONED
 # An ingest key's meter list is refreshed at most this often when a batch names a meter
 # outside it (a meter created after the stream opened).
 REFRESH_SECONDS = 2.0
+# Credential answers whose derived lookups are kept (more are rebuilt, not lost).
+MAX_DERIVED = 256
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,16 @@ class _Cached:
     fetched: float
 
 
+@dataclass(frozen=True)
+class _Derived:
+    """What every stream of one AuthenticateCredential answer looks up: its meter ids as a
+    set (the repeated field is a list) and its expiry in ms."""
+
+    answer: devices_pb2.AuthenticateCredentialResponse
+    meter_ids: frozenset[str]
+    expire_ms: int | None
+
+
 class WriteCaller:
     """The authenticated writer of one call or stream."""
 
@@ -123,12 +135,8 @@ class CredentialWriter(WriteCaller):
 
     def _derive(self) -> None:
         if self._of_answer is not self.answer:
-            self._meter_ids = frozenset(self.answer.meter_ids)
-            self._expire_ms = (
-                self.answer.expire_time.ToMilliseconds()
-                if self.answer.HasField("expire_time")
-                else None
-            )
+            derived = self.access.derived(self.answer)
+            self._meter_ids, self._expire_ms = derived.meter_ids, derived.expire_ms
             self._of_answer = self.answer
 
     def check_current(self) -> None:
@@ -196,6 +204,22 @@ class Access:
         self.revoked: set[str] = set()
         self._credentials: dict[str, _Cached] = {}
         self._inflight: dict[str, asyncio.Future[devices_pb2.AuthenticateCredentialResponse]] = {}
+        # By id() of the answer (held, so the id is not reused): a thousand streams opened
+        # with one ingest key build the set of its meters once, not once each.
+        self._derived: dict[int, _Derived] = {}
+
+    def derived(self, answer: devices_pb2.AuthenticateCredentialResponse) -> _Derived:
+        found = self._derived.get(id(answer))
+        if found is None or found.answer is not answer:
+            if len(self._derived) >= MAX_DERIVED:
+                self._derived.clear()
+            found = _Derived(
+                answer,
+                frozenset(answer.meter_ids),
+                answer.expire_time.ToMilliseconds() if answer.HasField("expire_time") else None,
+            )
+            self._derived[id(answer)] = found
+        return found
 
     def revoke(self, credential_id: str) -> None:
         self.revoked.add(credential_id)

@@ -37,8 +37,9 @@ from typing import Self
 
 import grpc
 
-from energymesh.telemetry.v1 import telemetry_pb2, telemetry_pb2_grpc
+from energymesh.telemetry.v1 import telemetry_pb2
 
+SYNC_READINGS = "/energymesh.telemetry.v1.TelemetryService/SyncReadings"
 # Codes after which the same batches may simply be sent again.
 RETRYABLE = frozenset(
     {
@@ -109,13 +110,20 @@ class ReadingStream:
         else:
             self._channel = target
             self._own_channel = False
-        self._stub = telemetry_pb2_grpc.TelemetryServiceStub(self._channel)
+        # Only the one method (a whole stub builds a callable per RPC: noticeable with a
+        # thousand streams on one channel).
+        self._sync_readings = self._channel.stream_stream(
+            SYNC_READINGS,
+            request_serializer=_serialize,
+            response_deserializer=telemetry_pb2.BatchAck.FromString,
+        )
         self._metadata = (("authorization", f"Bearer {credential}"),)
         self.batch_size = batch_size
         self.max_unacked = max_unacked_batches
         self.linger = linger_seconds
         self.retry = retry or RetryPolicy()
-        self._prefix = batch_id_prefix or uuid.uuid4().hex[:16]
+        # Made on first use: callers that name their batches never need it.
+        self._prefix = batch_id_prefix
         self._sequence = 0
         self._raise_rejected = raise_on_rejected_batch
         self._on_ack = on_ack
@@ -217,6 +225,8 @@ class ReadingStream:
             raise self._error
 
     def _next_batch_id(self) -> str:
+        if self._prefix is None:
+            self._prefix = uuid.uuid4().hex[:16]
         self._sequence += 1
         return f"{self._prefix}-{self._sequence}"
 
@@ -263,7 +273,9 @@ class ReadingStream:
                 self._changed.clear()
                 await self._changed.wait()
                 continue
-            call = self._stub.SyncReadings(metadata=self._metadata)
+            call: grpc.aio.StreamStreamCall[telemetry_pb2.ReadingBatch, telemetry_pb2.BatchAck] = (
+                self._sync_readings(metadata=self._metadata)
+            )
             writer = asyncio.create_task(self._write(call))
             try:
                 async for ack in call:
@@ -329,6 +341,10 @@ class ReadingStream:
         if self._error is None:
             self._error = error
         self._changed.set()
+
+
+def _serialize(batch: telemetry_pb2.ReadingBatch) -> bytes:
+    return batch.SerializeToString()
 
 
 def _code(number: int) -> tuple[int, str]:

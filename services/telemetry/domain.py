@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import functools
 import hashlib
 import io
 import json
@@ -13,8 +14,10 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from nats.aio.msg import Msg
 
 from energymesh.telemetry.v1 import telemetry_pb2
@@ -41,6 +44,7 @@ from services.telemetry.events import (
 )
 from services.telemetry.ingest import (
     REASONS,
+    SMALL_BATCH,
     GroupCommitWriter,
     IngestBuffer,
     MeterRules,
@@ -86,12 +90,29 @@ class BatchRefused(Exception):
         return refused_result(self.index, self.batch_id, self.meter_id, self.error)
 
 
+@functools.lru_cache(maxsize=65_536)
 def is_uuid(value: str) -> bool:
+    """Whether `value` is a UUID in its canonical text form (remembered: a stream repeats its
+    meter ids message after message)."""
     try:
         uuid.UUID(value)
     except ValueError:
         return False
     return len(value) == 36
+
+
+def column(field: Sequence[float], dtype: type[np.generic]) -> npt.NDArray[Any]:
+    """A repeated scalar field as a numpy array: numpy reads a long field directly; a field of
+    a few values converts faster through a list."""
+    return np.array(list(field) if len(field) <= SMALL_BATCH else field, dtype=dtype)
+
+
+async def all_of(
+    futures: Sequence[asyncio.Future[telemetry_pb2.BatchResult]],
+) -> list[telemetry_pb2.BatchResult]:
+    """The results in order (the first failure raised): asyncio.gather without a callback per
+    future, most of which are done already."""
+    return [await future for future in futures]
 
 
 def summarize(results: Sequence[telemetry_pb2.BatchResult]) -> telemetry_pb2.IngestSummary:
@@ -141,6 +162,37 @@ class Telemetry:
 
     # --- ingest ---------------------------------------------------------------------------
 
+    def shape_problem(self, batch: telemetry_pb2.ReadingBatch, index: int) -> DomainError | None:
+        """Why the batch is refused whole before its meter is looked at (None: it is not)."""
+        times, values = batch.time_unix_ms, batch.values
+        field = f"batches[{index}]"
+        if len(times) != len(values):
+            return InvalidArgument(
+                [(f"{field}.values", f"has {len(values)} values for {len(times)} times")]
+            )
+        if len(times) > self.config.max_batch_readings:
+            return InvalidArgument(
+                [
+                    (
+                        f"{field}.time_unix_ms",
+                        f"has {len(times)} readings; at most "
+                        f"{self.config.max_batch_readings} per batch",
+                    )
+                ]
+            )
+        size = batch.ByteSize()
+        if size > self.config.max_batch_bytes:
+            return ResourceExhausted(
+                f"the batch is {size} bytes; at most {self.config.max_batch_bytes}"
+            )
+        if len(batch.batch_id) > MAX_BATCH_ID or not batch.batch_id.isprintable():
+            return InvalidArgument(
+                [(f"{field}.batch_id", f"must be at most {MAX_BATCH_ID} printable characters")]
+            )
+        if batch.meter_id and not is_uuid(batch.meter_id):
+            return NotFound(f"meter {batch.meter_id!r} not found", metadata={"resource": "meter"})
+        return None
+
     async def prepare(
         self,
         caller: WriteCaller,
@@ -151,59 +203,22 @@ class Telemetry:
         """Checks a batch's shape and the caller's right to its meter, and classifies each
         reading. Raises BatchRefused for a batch refused whole."""
         times, values = batch.time_unix_ms, batch.values
-        field = f"batches[{index}]"
-
-        def refuse(error: DomainError) -> BatchRefused:
-            return BatchRefused(index, batch.batch_id, batch.meter_id, error)
-
-        if len(times) != len(values):
-            raise refuse(
-                InvalidArgument(
-                    [(f"{field}.values", f"has {len(values)} values for {len(times)} times")]
-                )
-            )
-        if len(times) > self.config.max_batch_readings:
-            raise refuse(
-                InvalidArgument(
-                    [
-                        (
-                            f"{field}.time_unix_ms",
-                            f"has {len(times)} readings; at most "
-                            f"{self.config.max_batch_readings} per batch",
-                        )
-                    ]
-                )
-            )
-        size = batch.ByteSize()
-        if size > self.config.max_batch_bytes:
-            raise refuse(
-                ResourceExhausted(
-                    f"the batch is {size} bytes; at most {self.config.max_batch_bytes}"
-                )
-            )
-        if len(batch.batch_id) > MAX_BATCH_ID or not batch.batch_id.isprintable():
-            raise refuse(
-                InvalidArgument(
-                    [(f"{field}.batch_id", f"must be at most {MAX_BATCH_ID} printable characters")]
-                )
-            )
-        if batch.meter_id and not is_uuid(batch.meter_id):
-            raise refuse(
-                NotFound(f"meter {batch.meter_id!r} not found", metadata={"resource": "meter"})
-            )
+        problem = self.shape_problem(batch, index)
+        if problem is not None:
+            raise BatchRefused(index, batch.batch_id, batch.meter_id, problem)
         try:
             meter = await caller.meter(batch.meter_id)
         except Unauthenticated:
             raise
         except DomainError as error:
-            raise refuse(error) from None
+            raise BatchRefused(index, batch.batch_id, batch.meter_id, error) from None
         pending = pending_batch(
             index,
             batch.batch_id,
             meter.meter_id,
             meter.organization_id,
-            np.array(times, dtype=np.int64),
-            np.array(values, dtype=np.float64),
+            column(times, np.int64),
+            column(values, np.float64),
             meter.rules,
             self.horizon_ms,
         )
@@ -229,18 +244,17 @@ class Telemetry:
         """StreamReadings: read under backpressure, answer once everything is committed."""
         stream = self.buffer.open()
         futures: list[asyncio.Future[telemetry_pb2.BatchResult]] = []
-        failed: list[BaseException] = []
-
-        def watch(future: asyncio.Future[telemetry_pb2.BatchResult]) -> None:
-            if not future.cancelled() and future.exception() is not None:
-                failed.append(future.exception())  # type: ignore[arg-type]
-
+        settled = 0  # futures[:settled] are done and succeeded
         try:
             index = 0
             while True:
                 await self.buffer.wait_for_room(stream)
-                if failed:
-                    raise failed[0]
+                # Once a batch has failed (the database is down), reading more is pointless.
+                # Looked at in order, without a callback per batch: one-reading messages come
+                # by the thousand.
+                while settled < len(futures) and futures[settled].done():
+                    futures[settled].result()
+                    settled += 1
                 try:
                     batch = await anext(requests)
                 except StopAsyncIteration:
@@ -250,13 +264,11 @@ class Telemetry:
                     pending = await self.prepare(caller, batch, index, stream)
                 except BatchRefused as refused:
                     # The batches before it are committed (or failed) before the call ends.
-                    await asyncio.gather(*futures)
+                    await all_of(futures)
                     raise refused.error from None
-                future = self.writer.submit(pending)
-                future.add_done_callback(watch)
-                futures.append(future)
+                futures.append(self.writer.submit(pending))
                 index += 1
-            return summarize(await asyncio.gather(*futures))
+            return summarize(await all_of(futures))
         finally:
             self.buffer.close(stream)
 

@@ -23,30 +23,31 @@ database fails, every batch of the group fails with UNAVAILABLE and nothing is a
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
+import json
 import logging
 import math
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import psycopg
 import sqlalchemy.exc
-from google.protobuf import json_format, timestamp_pb2
+from google.protobuf import timestamp_pb2
 from google.rpc import code_pb2, status_pb2
-from sqlalchemy.ext.asyncio import AsyncSession
+from psycopg.types.json import Jsonb
 
 from energymesh.telemetry.v1 import events_pb2, telemetry_pb2
-from services.kernel.database import Database
 from services.kernel.errors import DomainError, Unavailable
 from services.kernel.outbox import Outbox, event_headers
 from services.telemetry.events import READINGS_COMMITTED
-from services.telemetry.models import OUTBOX
 from services.telemetry.partitions import Partitions
 
 log = logging.getLogger(__name__)
@@ -94,6 +95,8 @@ COPY_STAGING = (
     "COPY telemetry_ingest_staging (meter_id, time, value, seq) FROM STDIN (FORMAT BINARY)"
 )
 COMMITTERS = 2
+CONNECT_TIMEOUT_SECONDS = 3
+PING_AFTER_IDLE_SECONDS = 1.0
 COPY_CHUNK_BYTES = 128 * 1024
 # A second commit starts while one is in flight only for at least this many queued readings:
 # small batches (one reading per message) then gather into one group while the first commit
@@ -103,8 +106,9 @@ PARALLEL_MIN_READINGS = 10_000
 # committed in groups of many messages (each transaction, outbox event and fsync costs as
 # much as thousands of readings); acks still follow the commits.
 SMALL_GROUP_INTERVAL_SECONDS = 0.05
-# After a direct COPY met stored keys, this many groups go through staging straight away.
-DIRECT_BACKOFF_GROUPS = 4
+# After a direct COPY met stored keys, groups go through staging straight away for this long
+# (a replay comes as a run of groups; new data after it goes direct again).
+DIRECT_BACKOFF_SECONDS = 1.0
 STAGING_ROW = np.dtype(
     [
         ("fields", ">i2"),
@@ -132,14 +136,25 @@ INSERT_STAGED = """
     )
     SELECT count(*) FROM inserted
 """
-# Rows this transaction did not write were stored before (or by a concurrent writer).
+# Rows this transaction did not write were stored before (or by a concurrent writer). One
+# index lookup per staged key (LIMIT 1 keeps the subquery from being flattened into a join),
+# whatever the size of readings: as a join, the planner hashes the whole table instead, which
+# reads millions of rows to find 50,000.
 STORED_BEFORE = """
     SELECT s.seq, r.value
     FROM telemetry_ingest_staging s
-    JOIN telemetry.readings r ON r.meter_id = s.meter_id AND r.time = s.time
+    CROSS JOIN LATERAL (
+        SELECT r.value, r.xmin FROM telemetry.readings r
+        WHERE r.meter_id = s.meter_id AND r.time = s.time
+        LIMIT 1
+    ) r
     WHERE r.xmin <> pg_current_xact_id()::xid
 """
 COPY_STORED_BEFORE = f"COPY ({STORED_BEFORE}) TO STDOUT (FORMAT BINARY)"
+COPY_BATCHES = (
+    "COPY telemetry.batches (meter_id, batch_id, organization_id, result, commit_time) FROM STDIN"
+)
+COPY_OUTBOX = "COPY telemetry.outbox (id, subject, payload, headers) FROM STDIN"
 BATCHES_DONE = """
     SELECT b.meter_id::text, b.batch_id, b.result
     FROM telemetry.batches b
@@ -182,6 +197,8 @@ def classify(
             dtype=np.int8,
         )
     reasons = np.zeros(len(times), dtype=np.int8)
+    if all_valid(times, values, rules, now_ms, horizon_ms):
+        return reasons
 
     def mark(mask: npt.NDArray[np.bool_], reason: int) -> None:
         reasons[(reasons == 0) & mask] = reason
@@ -196,6 +213,28 @@ def classify(
         if rules is not None and rules.register_type == CUMULATIVE and rules.rollover_value:
             mark(values > rules.rollover_value, IMPLAUSIBLE)
     return reasons
+
+
+def all_valid(
+    times: Int64s, values: Floats, rules: MeterRules | None, now_ms: int, horizon_ms: int
+) -> bool:
+    """Whether `classify` would find every reading valid, decided from the extremes alone (a
+    handful of reductions instead of a mask per rule: the usual batch). A NaN makes min and
+    max NaN, which fails every comparison."""
+    if not len(times):
+        return True
+    lowest, highest = float(values.min()), float(values.max())
+    valid = (
+        int(times.min()) >= now_ms - horizon_ms
+        and int(times.max()) <= now_ms + FUTURE_TOLERANCE_MS
+        and lowest >= -MAX_ABS_VALUE
+        and highest <= MAX_ABS_VALUE
+    )
+    if valid and rules is not None and rules.register_type in COUNTER_REGISTERS:
+        valid = lowest >= 0
+    if valid and rules is not None and rules.register_type == CUMULATIVE and rules.rollover_value:
+        valid = highest <= rules.rollover_value
+    return valid
 
 
 def classify_one(
@@ -223,6 +262,35 @@ def classify_one(
     return 0
 
 
+def repeats(
+    meters: npt.NDArray[np.int32],
+    times: Int64s,
+    owner: npt.NDArray[np.int32],
+    one_batch_per_meter: bool,
+) -> tuple[npt.NDArray[np.bool_], Int64s]:
+    """Readings of a group repeated inside it (same meter and time): per reading, whether an
+    earlier one (in arrival order) has its key, and the position of the first one, which
+    leads the key. Readings are concatenated batch by batch (`owner` ascending)."""
+    total = len(times)
+    leader = np.arange(total, dtype=np.int64)
+    if one_batch_per_meter and (
+        total < 2 or bool(np.all((np.diff(times) > 0) | (owner[1:] != owner[:-1])))
+    ):
+        # The usual group: each meter in one batch, its times increasing. Nothing repeats;
+        # no sort needed.
+        return np.zeros(total, dtype=bool), leader
+    order = np.lexsort((leader, times, meters))
+    repeated_sorted = np.zeros(total, dtype=bool)
+    repeated_sorted[1:] = (meters[order][1:] == meters[order][:-1]) & (
+        times[order][1:] == times[order][:-1]
+    )
+    lead_sorted = np.maximum.accumulate(np.where(repeated_sorted, 0, leader))
+    leader[order] = order[lead_sorted]
+    repeated = np.zeros(total, dtype=bool)
+    repeated[order] = repeated_sorted
+    return repeated, leader
+
+
 @dataclass(eq=False)
 class PendingBatch:
     """A validated batch waiting for its commit."""
@@ -237,8 +305,9 @@ class PendingBatch:
     future: asyncio.Future[telemetry_pb2.BatchResult]
     stream: StreamBuffer | None = None
 
-    @property
+    @functools.cached_property
     def nbytes(self) -> int:
+        """What the batch holds in memory (counted when queued and again when released)."""
         return int(self.times.nbytes + self.values.nbytes + self.reasons.nbytes) + 256
 
 
@@ -344,10 +413,44 @@ class RetryGroup(Exception):
     """A concurrent writer (another replica) committed some of the same keys first."""
 
 
-def timestamp_of_ms(ms: int) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromMilliseconds(ms)
-    return stamp
+class StoredBefore(Exception):
+    """A direct COPY met a reading stored before: the group goes through staging."""
+
+
+READINGS_COMMITTED_TYPE = events_pb2.ReadingsCommitted()
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def json_time_of_ms(ms: int) -> str:
+    """A Timestamp in proto3 JSON (RFC 3339, UTC, fractional digits only when not zero)."""
+    moment = EPOCH + timedelta(milliseconds=ms)
+    text = moment.strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{text}.{ms % 1000:03d}Z" if ms % 1000 else f"{text}Z"
+
+
+def readings_committed_json(
+    organization_id: str,
+    meter_id: str,
+    first_ms: int,
+    last_ms: int,
+    count: int,
+    batch_ids: list[str],
+) -> bytes:
+    """A ReadingsCommitted in proto3 JSON, exactly as json_format.MessageToJson writes it
+    (fields in number order, defaults left out), without building the message: a load of a
+    thousand meters queues a thousand events per round of commits."""
+    event: dict[str, object] = {}
+    if organization_id:
+        event["organizationId"] = organization_id
+    if meter_id:
+        event["meterId"] = meter_id
+    event["firstTime"] = json_time_of_ms(first_ms)
+    event["lastTime"] = json_time_of_ms(last_ms)
+    if count:
+        event["count"] = count
+    if batch_ids:
+        event["batchIds"] = batch_ids
+    return json.dumps(event).encode()
 
 
 def ok_status() -> status_pb2.Status:
@@ -368,24 +471,60 @@ class GroupCommitWriter:
 
     def __init__(
         self,
-        database: Database,
+        database_url: str,
         outbox: Outbox,
         partitions: Partitions,
         buffer: IngestBuffer,
         max_group_readings: int,
     ) -> None:
-        self._database = database
+        self._database_url = database_url
+        # Idle connections, with when they were last used.
+        self._connections: list[tuple[psycopg.AsyncConnection[Any], float]] = []
         self._outbox = outbox
         self._partitions = partitions
         self._buffer = buffer
         self._max_group = max_group_readings
         self._queue: deque[PendingBatch] = deque()
         self._wakeup = asyncio.Event()
-        self._skip_direct = 0
+        self._staging_until = 0.0
         self._queued_readings = 0
         self._in_flight = 0
         self._last_start = 0.0
         self.stats = IngestStats()
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """A connection of the writer's own, kept between groups (one per committer): a
+        group's transaction is a handful of statements, and a pool checkout with its ping
+        would add to them. Only a connection idle for a while is pinged first (PostgreSQL
+        may have restarted meanwhile); one left in any state but idle is closed, not kept."""
+        pg: psycopg.AsyncConnection[Any] | None = None
+        if self._connections:
+            pg, idle_since = self._connections.pop()
+            if time.monotonic() - idle_since > PING_AFTER_IDLE_SECONDS:
+                try:
+                    await pg.execute("SELECT 1")
+                except psycopg.Error:
+                    await pg.close()
+                    pg = None
+        if pg is None:
+            pg = await psycopg.AsyncConnection.connect(
+                self._database_url,
+                autocommit=True,  # transactions are explicit (pg.transaction())
+                connect_timeout=CONNECT_TIMEOUT_SECONDS,
+                application_name="energymesh-telemetry-ingest",
+            )
+        try:
+            yield pg
+        finally:
+            if pg.broken or pg.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                await pg.close()
+            elif not pg.closed:
+                self._connections.append((pg, time.monotonic()))
+
+    async def close(self) -> None:
+        while self._connections:
+            await self._connections.pop()[0].close()
 
     def submit(self, batch: PendingBatch) -> asyncio.Future[telemetry_pb2.BatchResult]:
         """Queues a batch; its future resolves with its result after COMMIT (or fails)."""
@@ -469,8 +608,22 @@ class GroupCommitWriter:
                 batch.future.exception()
 
     async def _commit(self, group: Sequence[PendingBatch]) -> list[telemetry_pb2.BatchResult]:
+        if time.monotonic() >= self._staging_until:
+            try:
+                return await self._commit_once(group, direct=True)
+            except StoredBefore:
+                self._staging_until = time.monotonic() + DIRECT_BACKOFF_SECONDS
+        return await self._commit_once(group, direct=False)
+
+    async def _commit_once(
+        self, group: Sequence[PendingBatch], *, direct: bool
+    ) -> list[telemetry_pb2.BatchResult]:
+        """One transaction for the group. `direct`: COPY new readings straight into readings
+        (raises StoredBefore, the transaction rolled back, if one of them is stored already);
+        otherwise through the staging table, which sorts new readings from stored ones."""
         now = datetime.now(UTC)
         results: list[telemetry_pb2.BatchResult | None] = [None] * len(group)
+        events = 0
         followers: dict[int, int] = {}
         leaders: dict[tuple[str, str], int] = {}
         for position, batch in enumerate(group):
@@ -480,38 +633,38 @@ class GroupCommitWriter:
                     followers[position] = leaders[key]
                 else:
                     leaders[key] = position
-        await self._partitions.ensure_for(
-            np.concatenate([b.times[b.reasons == 0] for b in group]) if group else np.empty(0)
-        )
-        async with self._database.transaction() as session:
-            connection = await session.connection()
-            raw = await connection.get_raw_connection()
-            pg: psycopg.AsyncConnection[object] = raw.driver_connection  # type: ignore[assignment]
-            async with pg.cursor() as cursor:
-                if leaders:
-                    await cursor.execute(
-                        BATCHES_DONE,
-                        ([key[0] for key in leaders], [key[1] for key in leaders]),
-                    )
-                    done: list[Any] = await cursor.fetchall()
-                    for meter_id, batch_id, stored_result in done:
-                        position = leaders[(str(meter_id), str(batch_id))]
-                        result = telemetry_pb2.BatchResult.FromString(bytes(stored_result))
-                        result.batch_index = group[position].index
-                        result.replayed = True
-                        results[position] = result
-                writing = [
-                    position
-                    for position in range(len(group))
-                    if results[position] is None and position not in followers
-                ]
-                if writing:
-                    fresh = await self._write(cursor, [group[p] for p in writing], now)
-                    for position, result in zip(writing, fresh, strict=True):
-                        results[position] = result
-                    await self._record_batches(cursor, group, writing, results, now)
-                    await self._emit_events(session, group, writing, *self._last_accepted)
-        self._outbox.wake()
+        times = np.concatenate([b.times for b in group])
+        await self._partitions.ensure_for(times[np.concatenate([b.reasons for b in group]) == 0])
+        async with self._connection() as pg, pg.transaction(), pg.cursor() as cursor:
+            if leaders:
+                await cursor.execute(
+                    BATCHES_DONE,
+                    ([key[0] for key in leaders], [key[1] for key in leaders]),
+                )
+                done: list[Any] = await cursor.fetchall()
+                for meter_id, batch_id, stored_result in done:
+                    position = leaders[(str(meter_id), str(batch_id))]
+                    result = telemetry_pb2.BatchResult.FromString(bytes(stored_result))
+                    result.batch_index = group[position].index
+                    result.replayed = True
+                    results[position] = result
+            writing = [
+                position
+                for position in range(len(group))
+                if results[position] is None and position not in followers
+            ]
+            if writing:
+                fresh, accepted_times, accepted_owner = await self._write(
+                    cursor, [group[p] for p in writing], now, direct
+                )
+                for position, result in zip(writing, fresh, strict=True):
+                    results[position] = result
+                await self._record_batches(cursor, group, writing, results, now)
+                events = await self._emit_events(
+                    cursor, group, writing, accepted_times, accepted_owner
+                )
+        if events:
+            self._outbox.wake()
         for position, leader in followers.items():
             copy = telemetry_pb2.BatchResult()
             copy.CopyFrom(results[leader])  # type: ignore[arg-type]
@@ -527,10 +680,13 @@ class GroupCommitWriter:
 
     async def _write(
         self,
-        cursor: psycopg.AsyncCursor[object],
+        cursor: psycopg.AsyncCursor[Any],
         batches: Sequence[PendingBatch],
         now: datetime,
-    ) -> list[telemetry_pb2.BatchResult]:
+        direct: bool,
+    ) -> tuple[list[telemetry_pb2.BatchResult], Int64s, npt.NDArray[np.int32]]:
+        """Stores the batches' valid readings; their results, and the time and batch (position
+        in `batches`) of every reading stored."""
         count = len(batches)
         lengths = np.fromiter((len(b.times) for b in batches), np.int64, count)
         all_times = np.concatenate([b.times for b in batches])
@@ -545,25 +701,14 @@ class GroupCommitWriter:
         batch_meter = np.array([meter_code[b.meter_id] for b in batches], dtype=np.int32)
         meters = batch_meter[owner] if total else np.empty(0, dtype=np.int32)
 
-        # Readings repeated inside the group: the first (in arrival order) leads its key.
-        order = np.lexsort((np.arange(total), times, meters))
-        repeated_sorted = np.zeros(total, dtype=bool)
-        if total > 1:
-            repeated_sorted[1:] = (meters[order][1:] == meters[order][:-1]) & (
-                times[order][1:] == times[order][:-1]
-            )
-        lead_sorted = np.maximum.accumulate(np.where(repeated_sorted, 0, np.arange(total)))
-        leader = np.empty(total, dtype=np.int64)
-        leader[order] = order[lead_sorted]
-        repeated = np.zeros(total, dtype=bool)
-        repeated[order] = repeated_sorted
+        repeated, leader = repeats(meters, times, owner, len(meter_ids) == count)
         staged = np.flatnonzero(~repeated)
 
         uuids = np.frombuffer(
             b"".join(uuid.UUID(meter_id).bytes for meter_id in meter_ids), dtype="V16"
         )
         existed, stored_value = await self._store(
-            cursor, uuids[meters[staged]], times[staged], values[staged], staged, total
+            cursor, uuids[meters[staged]], times[staged], values[staged], staged, total, direct
         )
         # What is stored for each key now: the older value, or what its leader just wrote.
         effective = np.where(existed, stored_value, values)
@@ -617,7 +762,6 @@ class GroupCommitWriter:
             all_owner.astype(np.int64) * width + all_reasons, minlength=count * width
         ).reshape(count, width)
         by_reason[:, CONFLICT] += np.bincount(owner[conflict], minlength=count)
-        self._last_accepted = (times[accepted], owner[accepted])
         accepted_counts = outcome.accepted.tolist()
         duplicate_counts = outcome.duplicates.tolist()
         has_rejected = [bool(n) for n in np.count_nonzero(by_reason, axis=1).tolist()]
@@ -642,16 +786,17 @@ class GroupCommitWriter:
                     if counts_of[reason]
                 )
             results.append(result)
-        return results
+        return results, times[accepted], owner[accepted]
 
     async def _store(
         self,
-        cursor: psycopg.AsyncCursor[object],
+        cursor: psycopg.AsyncCursor[Any],
         meters: npt.NDArray[np.void],
         times: Int64s,
         values: Floats,
         seqs: Int64s,
         total: int,
+        direct: bool,
     ) -> tuple[npt.NDArray[np.bool_], Floats]:
         """Stores the group's unique readings. Returns, per reading of the group, whether its
         (meter, time) was stored before and the value stored then."""
@@ -659,10 +804,10 @@ class GroupCommitWriter:
         stored_value = np.full(total, np.nan)
         if not len(seqs):
             return existed, stored_value
-        if self._skip_direct == 0:
+        if direct:
             # Fast path for new data: COPY straight into readings. A key stored before makes
-            # the COPY fail (unique violation); then the savepoint is rolled back and the
-            # staging path below sorts duplicates from conflicts.
+            # the COPY fail (unique violation), and the group is written again through the
+            # staging table, which sorts duplicates from conflicts.
             rows = np.zeros(len(seqs), dtype=READING_ROW)
             rows["fields"] = 3
             rows["meter_len"] = 16
@@ -671,20 +816,12 @@ class GroupCommitWriter:
             rows["meter"] = meters
             rows["time"] = (times - PG_EPOCH_MS) * 1000
             rows["value"] = values
-            await cursor.execute("SAVEPOINT ingest_direct")
             try:
                 async with cursor.copy(COPY_READINGS) as copy:
                     await write_binary_copy(copy, rows)
             except psycopg.errors.UniqueViolation:
-                await cursor.execute("ROLLBACK TO SAVEPOINT ingest_direct")
-                # Back in the top-level transaction, whose xid STORED_BEFORE compares with.
-                await cursor.execute("RELEASE SAVEPOINT ingest_direct")
-                self._skip_direct = DIRECT_BACKOFF_GROUPS
-            else:
-                await cursor.execute("RELEASE SAVEPOINT ingest_direct")
-                return existed, stored_value
-        else:
-            self._skip_direct -= 1
+                raise StoredBefore from None
+            return existed, stored_value
         await cursor.execute(CREATE_STAGING)
         rows = np.zeros(len(seqs), dtype=STAGING_ROW)
         rows["fields"] = 4
@@ -700,7 +837,7 @@ class GroupCommitWriter:
             await write_binary_copy(copy, rows)
         await cursor.execute(INSERT_STAGED)
         inserted_row = await cursor.fetchone()
-        inserted = int(inserted_row[0]) if inserted_row else 0  # type: ignore[index]
+        inserted = int(inserted_row[0]) if inserted_row else 0
         if inserted < len(seqs):
             # Binary COPY, decoded with numpy: a replayed group is up to max_group_readings
             # rows, which as Python tuples would cost far more memory and time.
@@ -720,7 +857,7 @@ class GroupCommitWriter:
 
     async def _record_batches(
         self,
-        cursor: psycopg.AsyncCursor[object],
+        cursor: psycopg.AsyncCursor[Any],
         group: Sequence[PendingBatch],
         writing: Sequence[int],
         results: Sequence[telemetry_pb2.BatchResult | None],
@@ -738,27 +875,25 @@ class GroupCommitWriter:
             if group[p].batch_id
         ]
         if rows:
-            # No ON CONFLICT: a batch id committed meanwhile by another replica is a
-            # UniqueViolation, and the whole group is retried (it then replays that batch).
-            await cursor.executemany(
-                "INSERT INTO telemetry.batches "
-                "(meter_id, batch_id, organization_id, result, commit_time) "
-                "VALUES (%s, %s, %s, %s, %s)",
-                rows,
-            )
+            # COPY (a statement per row costs PostgreSQL more than the readings' share). A
+            # batch id committed meanwhile by another replica is a UniqueViolation, and the
+            # whole group is retried (it then replays that batch).
+            async with cursor.copy(COPY_BATCHES) as copy:
+                for row in rows:
+                    await copy.write_row(row)
 
     async def _emit_events(
         self,
-        session: AsyncSession,
+        cursor: psycopg.AsyncCursor[Any],
         group: Sequence[PendingBatch],
         writing: Sequence[int],
         accepted_times: Int64s,
         accepted_owner: npt.NDArray[np.int32],
-    ) -> None:
+    ) -> int:
         """One telemetry.readings.committed per meter that got new readings, all queued in
-        the outbox with one statement."""
+        the outbox (the kernel's Outbox.add, for many events) with one COPY; how many."""
         if not len(accepted_times):
-            return
+            return 0
         # accepted_owner is ascending (readings are concatenated batch by batch): reduce per
         # batch with numpy, then merge the batches of each meter.
         starts = np.flatnonzero(np.r_[True, accepted_owner[1:] != accepted_owner[:-1]])
@@ -777,27 +912,20 @@ class GroupCommitWriter:
                 entry[2] = max(entry[2], last)
                 entry[3] += count
                 entry[4].append(batch)
-        rows = []
-        for meter_id, (organization_id, first, last, count, batches) in per_meter.items():
-            event = events_pb2.ReadingsCommitted(
-                organization_id=organization_id,
-                meter_id=meter_id,
-                first_time=timestamp_of_ms(first),
-                last_time=timestamp_of_ms(last),
-                count=count,
-                batch_ids=[b.batch_id for b in batches if b.batch_id],
-            )
-            message_id = str(uuid.uuid4())
-            rows.append(
-                {
-                    "id": message_id,
-                    "subject": READINGS_COMMITTED,
-                    "payload": json_format.MessageToJson(event, indent=None).encode(),
-                    "headers": event_headers(event, message_id),
-                }
-            )
-        # The kernel's Outbox.add, for many events in one round trip.
-        await session.execute(OUTBOX.insert(), rows)
+        async with cursor.copy(COPY_OUTBOX) as copy:
+            for meter_id, (organization_id, first, last, count, batches) in per_meter.items():
+                payload = readings_committed_json(
+                    organization_id,
+                    meter_id,
+                    first,
+                    last,
+                    count,
+                    [b.batch_id for b in batches if b.batch_id],
+                )
+                message_id = str(uuid.uuid4())
+                headers = event_headers(READINGS_COMMITTED_TYPE, message_id)
+                await copy.write_row((message_id, READINGS_COMMITTED, payload, Jsonb(headers)))
+        return len(per_meter)
 
 
 STORED_ROW = np.dtype(

@@ -63,6 +63,10 @@ class Partitions:
         partition."""
         if not len(times_ms):
             return
+        bounds = np.array([times_ms.min(), times_ms.max()]).astype("datetime64[ms]")
+        first, last = bounds.astype("datetime64[M]").astype(str).tolist()
+        if first == last and month_start(int(first[:4]), int(first[5:7])) in self._known:
+            return  # the usual case: a load within one month that has its partition
         months = np.unique(times_ms.astype("datetime64[ms]").astype("datetime64[M]"))
         wanted = {
             month_start(int(str(m)[:4]), int(str(m)[5:7])) for m in months.astype(str).tolist()

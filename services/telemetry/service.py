@@ -38,16 +38,19 @@ log = logging.getLogger(__name__)
 BATCH_RETENTION = timedelta(days=30)
 # HTTP/2 receive window per stream: what the transport may hold of a stream's unread data.
 STREAM_WINDOW_BYTES = 256 * 1024
+# Events of the commits within this time are published in one round of the outbox relay.
+OUTBOX_GATHER_SECONDS = 0.1
 
 
 async def setup(kernel: Kernel) -> Registration:
     config = kernel.config
     assert isinstance(config, TelemetryConfig)
-    outbox = Outbox(kernel.database, OUTBOX, kernel.messaging)
+    # Ingest commits up to 20 groups a second (one-reading messages), each with events.
+    outbox = Outbox(kernel.database, OUTBOX, kernel.messaging, gather_seconds=OUTBOX_GATHER_SECONDS)
     partitions = Partitions(kernel.database, config.partitions_ahead_months)
     buffer = IngestBuffer(config.buffer_limit_bytes, config.stream_buffer_limit_bytes)
     writer = GroupCommitWriter(
-        kernel.database, outbox, partitions, buffer, config.max_group_readings
+        config.database_url, outbox, partitions, buffer, config.max_group_readings
     )
     devices = DeviceRegistry(config.devices_address, config.credential_cache_seconds)
     verifier = TokenVerifier(
@@ -102,7 +105,7 @@ async def setup(kernel: Kernel) -> Registration:
             lambda: follow(METER_EVENTS),
             retention,
         ],
-        on_stop=[devices.close],
+        on_stop=[devices.close, writer.close],
         # Backpressure must reach the client: without this, grpc's bandwidth-delay probing
         # grows each stream's HTTP/2 window to megabytes, and a stream the service has
         # stopped reading keeps filling the process's memory below the application.
