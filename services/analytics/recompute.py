@@ -120,8 +120,8 @@ COPY_STAGED = (
 # The readings of each window [lo, hi) plus the nearest one on each side, packed.
 PACKED_READINGS = """
     SELECT w.position,
-        string_agg(timestamptz_send(r.time), ''::bytea ORDER BY r.time),
-        string_agg(float8send(r.value), ''::bytea ORDER BY r.time)
+        string_agg(timestamptz_send(r.time), ''::bytea),
+        string_agg(float8send(r.value), ''::bytea)
     FROM unnest(CAST(:ids AS uuid[]), CAST(:los AS timestamptz[]), CAST(:his AS timestamptz[]))
         WITH ORDINALITY AS w(meter_id, lo, hi, position)
     CROSS JOIN LATERAL (

@@ -274,9 +274,9 @@ async def reading_span(
 # Per window (meter, lo, hi): its stored hours, as packed big-endian columns.
 PACKED_HOURS = """
     SELECT w.position,
-        string_agg(timestamptz_send(r.bucket_start), ''::bytea ORDER BY r.bucket_start),
-        string_agg(float8send(r.value), ''::bytea ORDER BY r.bucket_start),
-        string_agg(float8send(r.completeness), ''::bytea ORDER BY r.bucket_start)
+        string_agg(timestamptz_send(r.bucket_start), ''::bytea),
+        string_agg(float8send(r.value), ''::bytea),
+        string_agg(float8send(r.completeness), ''::bytea)
     FROM unnest(CAST(:ids AS uuid[]), CAST(:los AS timestamptz[]), CAST(:his AS timestamptz[]))
         WITH ORDINALITY AS w(meter_id, lo, hi, position)
     JOIN analytics.rollups r ON r.meter_id = w.meter_id AND r.granularity = 'HOUR'
@@ -302,8 +302,9 @@ async def packed_windows(
 ) -> list[list[npt.NDArray[Any]]]:
     """Runs a query over windows (meter, lo, hi), given to it as :ids, :los and :his arrays
     (unnest … WITH ORDINALITY: each result row starts with the window's 1-based position),
-    whose other columns are packed binary arrays (string_agg of float8send, …): per window,
-    those columns decoded by numpy with dtypes. No Python object per value."""
+    whose other columns are packed binary arrays (string_agg of float8send, …), the first of
+    them a time: per window, those columns decoded by numpy with dtypes, in time order. No
+    Python object per value."""
     rows = await session.execute(
         text(query),
         {
@@ -313,13 +314,14 @@ async def packed_windows(
         },
     )
     found = {int(row[0]): row[1:] for row in rows}
-    return [
-        [
-            np.frombuffer(packed or b"", dtype=dtype)
-            for packed, dtype in zip(found.get(i + 1, [None] * len(dtypes)), dtypes, strict=True)
-        ]
-        for i in range(len(windows))
-    ]
+    result = []
+    for i in range(len(windows)):
+        packed = found.get(i + 1, [None] * len(dtypes))
+        columns = [np.frombuffer(p or b"", dtype=d) for p, d in zip(packed, dtypes, strict=True)]
+        # Aggregated without ORDER BY (no sort in PostgreSQL): in time order from here.
+        order = np.argsort(columns[0], kind="stable")
+        result.append([column[order] for column in columns])
+    return result
 
 
 async def hourly_histories(
@@ -343,21 +345,24 @@ async def anomalies_in(
     session: AsyncSession, windows: Sequence[tuple[str, int, int]]
 ) -> dict[str, dict[int, AnomalyRow]]:
     """Per meter, its stored anomalies starting in [lo, hi) of its window, by start (ms)."""
-    conditions = [
-        and_(
-            AnomalyRow.meter_id == meter_id,
-            AnomalyRow.start_time >= to_datetime(lo),
-            AnomalyRow.start_time < to_datetime(hi),
-        )
-        for meter_id, lo, hi in windows
-    ]
+    rows = await session.scalars(
+        select(AnomalyRow).from_statement(
+            text(
+                "SELECT a.* FROM unnest(CAST(:ids AS uuid[]), CAST(:los AS timestamptz[]), "
+                "CAST(:his AS timestamptz[])) AS w(meter_id, lo, hi) "
+                "JOIN analytics.anomalies a ON a.meter_id = w.meter_id "
+                "AND a.start_time >= w.lo AND a.start_time < w.hi"
+            )
+        ),
+        {
+            "ids": [meter_id for meter_id, _, _ in windows],
+            "los": [to_datetime(lo) for _, lo, _ in windows],
+            "his": [to_datetime(hi) for _, _, hi in windows],
+        },
+    )
     found: dict[str, dict[int, AnomalyRow]] = {}
-    for offset in range(0, len(conditions), 500):
-        rows = await session.scalars(
-            select(AnomalyRow).where(or_(*conditions[offset : offset + 500]))
-        )
-        for row in rows:
-            found.setdefault(str(row.meter_id), {})[to_ms(row.start_time)] = row
+    for row in rows:
+        found.setdefault(str(row.meter_id), {})[to_ms(row.start_time)] = row
     return found
 
 

@@ -69,6 +69,7 @@ async def setup(kernel: Kernel) -> Registration:
         handler=apply_readings,
         batch=256,
         batch_handler=apply_readings_batch,
+        gather_seconds=0.25,
     )
     device_consumer = Consumer(
         stream=DEVICES_STREAM.name,
