@@ -70,6 +70,9 @@ async def setup(kernel: Kernel) -> Registration:
         batch=256,
         batch_handler=apply_readings_batch,
         gather_seconds=0.25,
+        # Two batches in flight: one computes while the other waits on PostgreSQL. Batches
+        # of the same meters serialise on its lock; site sums are written in key order.
+        concurrency=2,
     )
     device_consumer = Consumer(
         stream=DEVICES_STREAM.name,

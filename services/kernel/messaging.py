@@ -135,6 +135,9 @@ class Consumer:
     # With a batch handler: how long to keep gathering messages that trickle in before
     # handling what has arrived (a little latency for far fewer, larger transactions).
     gather_seconds: float = 0.0
+    # Batches handled at once by this process (their handlers overlap their database waits);
+    # the handler must be safe to run concurrently.
+    concurrency: int = 1
 
     @property
     def dead_letter_subject(self) -> str:
@@ -148,12 +151,16 @@ async def run_consumer(messaging: Messaging, consumer: Consumer) -> None:
     errors outside the handler (a lost connection, a failed ack) restart the loop: an
     unacked message is simply redelivered."""
     await messaging.wait_ready()
-    while True:
-        try:
-            await _consume(messaging, consumer)
-        except Exception:
-            log.exception("consumer %s failed; restarting", consumer.durable)
-            await asyncio.sleep(1)
+
+    async def loop() -> None:
+        while True:
+            try:
+                await _consume(messaging, consumer)
+            except Exception:
+                log.exception("consumer %s failed; restarting", consumer.durable)
+                await asyncio.sleep(1)
+
+    await asyncio.gather(*(loop() for _ in range(consumer.concurrency)))
 
 
 async def _consume(messaging: Messaging, consumer: Consumer) -> None:
