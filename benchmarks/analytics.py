@@ -1,16 +1,12 @@
-"""Analytics benchmark (`make bench`): prints figures, asserts nothing.
+"""Analytics benchmark (`make bench`, after the ingest one): prints figures, asserts nothing.
 
-In one run, on one freshly started mesh (embedded PostgreSQL, NATS, every service, Envoy):
-
-1. Rollup maintenance against ingest: `--stream-meters` meters stream 1-minute readings
-   through the telemetry client (as the ingest benchmark does) while the analytics consumer
-   keeps the rollups; ingest's readings/s next to the consumer's (until it has applied every
-   committed event).
-2. Queries at scale: `--meters` meters x `--days` days of 15-minute readings COPYed straight
-   into telemetry.readings, their rollups built through the consumer's own code
-   (RollupMaintainer.recompute, all meters of a month per batch), then p50/p99 of four
-   queries over gRPC against the analytics service, and of the same answers computed from
-   the raw readings in SQL (with how closely the two agree).
+On one freshly started mesh (embedded PostgreSQL, NATS, every service, Envoy): `--meters`
+meters x `--days` days of 15-minute readings COPYed straight into telemetry.readings, their
+rollups built through the consumer's own code (RollupMaintainer.recompute, a local month of a
+batch of meters per transaction), then p50/p99 of four queries over gRPC against the
+analytics service, and of the same answers computed from the raw readings in SQL (with how
+closely the two agree). How fast the rollup consumer keeps up with ingest is measured by the
+ingest benchmark (its consumers line), on the events of its own load.
 
     python -m benchmarks.analytics [--meters 100] [--days 365] [--sites 10]
     Full scale (35M readings): --meters 1000
@@ -21,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import tempfile
 import time
 import uuid
@@ -47,14 +44,12 @@ from services.kernel.database import Database
 from services.kernel.messaging import Messaging
 from services.kernel.outbox import Outbox
 from services.launcher.mesh import Mesh, MeshConfig
-from services.telemetry.client import ReadingStream
 from services.telemetry.partitions import Partitions
 
 ZONE_NAME = "Europe/Berlin"
 ZONE = ZoneInfo(ZONE_NAME)
 PASSWORD = "correct horse battery staple"
 QUARTER_MS = 900_000
-MINUTE_MS = 60_000
 # The simulator's daily profile (services/telemetry/simulate.py): night, morning, day,
 # evening, late.
 PROFILE = np.array([0.5] * 6 + [1.2] * 3 + [0.8] * 8 + [1.5] * 5 + [0.7] * 2)
@@ -67,7 +62,6 @@ BUILD_BATCH_METERS = 100
 @dataclass
 class Fleet:
     token: str
-    ingest_key: str
     site_ids: list[str]
     meter_ids: list[str]
     meters_by_site: dict[str, list[str]]
@@ -88,7 +82,7 @@ async def setup_fleet(gateway: str, sites: int, meters: int) -> Fleet:
         )
         token = registered.json()["accessToken"]
         headers = {"Authorization": f"Bearer {token}"}
-        fleet = Fleet(token, "", [], [], {})
+        fleet = Fleet(token, [], [], {})
         for index in range(sites):
             site = await http.post(
                 "/v1/sites", headers=headers, json={"name": f"Site {index}", "timeZone": ZONE_NAME}
@@ -107,8 +101,6 @@ async def setup_fleet(gateway: str, sites: int, meters: int) -> Fleet:
             fleet.site_ids.append(site_id)
             fleet.meters_by_site[site_id] = ids
             fleet.meter_ids += ids
-        key = await http.post("/v1/ingest-keys", headers=headers, json={"displayName": "bench"})
-        fleet.ingest_key = key.json()["key"]
         return fleet
 
 
@@ -129,56 +121,7 @@ async def analytics_knows(database_url: str, meter_ids: list[str]) -> bool:
     return row is not None and int(row[0]) == len(meter_ids)
 
 
-# --- 1. rollup maintenance next to ingest ------------------------------------------------------
-
-
-async def rollups_against_ingest(
-    mesh: Mesh, fleet: Fleet, readings_per_meter: int
-) -> tuple[float, float, int]:
-    """Streams 1-minute readings of every fleet meter through the client; returns ingest's
-    readings/s, the consumer's readings/s (from the first reading sent to the last event
-    applied) and the events still pending when ingest finished."""
-    target = mesh.service_address("telemetry")
-    start_ms = int(time.time() * 1000) // 86_400_000 * 86_400_000 - 30 * 86_400_000
-    channels = [grpc.aio.insecure_channel(target) for _ in range(4)]
-    status_channel = grpc.aio.insecure_channel(mesh.service_address("analytics"))
-    analytics = analytics_pb2_grpc.AnalyticsServiceStub(status_channel)
-    metadata = (("authorization", f"Bearer {fleet.token}"),)
-
-    async def status() -> analytics_pb2.RollupStatus:
-        result: analytics_pb2.RollupStatus = await analytics.GetRollupStatus(
-            analytics_pb2.GetRollupStatusRequest(), metadata=metadata
-        )
-        return result
-
-    applied_before = (await status()).applied_readings
-
-    async def meter(index: int, meter_id: str) -> None:
-        client = ReadingStream(channels[index % len(channels)], fleet.ingest_key)
-        for offset in range(0, readings_per_meter, 1000):
-            count = min(1000, readings_per_meter - offset)
-            times = [start_ms + (offset + i) * MINUTE_MS for i in range(count)]
-            await client.send(meter_id, times, [float(offset + i) for i in range(count)])
-        await client.close()
-
-    total = len(fleet.meter_ids) * readings_per_meter
-    started = time.perf_counter()
-    await asyncio.gather(*(meter(i, m) for i, m in enumerate(fleet.meter_ids)))
-    ingest_seconds = time.perf_counter() - started
-    pending_at_end = (await status()).pending_events
-
-    async def drained() -> bool:
-        current = await status()
-        return current.pending_events == 0 and current.applied_readings - applied_before >= total
-
-    await wait_for(drained)
-    rollup_seconds = time.perf_counter() - started
-    for channel in [*channels, status_channel]:
-        await channel.close()
-    return total / ingest_seconds, total / rollup_seconds, pending_at_end
-
-
-# --- 2. queries at scale -------------------------------------------------------------------------
+# --- queries at scale -------------------------------------------------------------------------
 
 
 def local_offsets(times_ms: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
@@ -521,28 +464,6 @@ async def bench(args: argparse.Namespace) -> None:
     print(f"starting the mesh in {data_dir} ...", flush=True)
     mesh.start()
     try:
-        # 1. Maintenance next to ingest.
-        streaming = await setup_fleet(mesh.gateway_url, 1, args.stream_meters)
-        await wait_for(lambda: analytics_knows(mesh.database_url, streaming.meter_ids))
-        ingest_rate, rollup_rate, pending = await rollups_against_ingest(
-            mesh, streaming, args.stream_readings
-        )
-        print(
-            f"\n{args.stream_meters} meters x {args.stream_readings} 1-minute readings "
-            "streamed through the client:"
-        )
-        print(f"| {'measure':<52} | {'readings/s':>12} |")
-        print(f"|{'-' * 54}|{'-' * 14}|")
-        print(f"| {'ingest (client -> telemetry, acknowledged)':<52} | {ingest_rate:>12,.0f} |")
-        print(
-            f"| {'rollups (analytics consumer, until all applied)':<52} | {rollup_rate:>12,.0f} |"
-        )
-        print(
-            f"rollups / ingest: {rollup_rate / ingest_rate:.2f}x; committed events not yet "
-            f"applied when ingest finished: {pending}\n"
-        )
-
-        # 2. Queries at scale.
         fleet = await setup_fleet(mesh.gateway_url, args.sites, args.meters)
         await wait_for(lambda: analytics_knows(mesh.database_url, fleet.meter_ids))
         today = datetime.now(ZONE).date()
@@ -569,6 +490,7 @@ async def bench(args: argparse.Namespace) -> None:
         print(f"cores: {os.cpu_count()}; the benchmark, PostgreSQL and the services share them")
     finally:
         mesh.stop()
+    shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def main() -> None:
@@ -578,8 +500,6 @@ def main() -> None:
     parser.add_argument("--sites", type=int, default=10)
     parser.add_argument("--repeat", type=int, default=50, help="samples per rollup query")
     parser.add_argument("--raw-repeat", type=int, default=3, help="samples per raw query")
-    parser.add_argument("--stream-meters", type=int, default=200)
-    parser.add_argument("--stream-readings", type=int, default=2000, help="per meter")
     asyncio.run(bench(parser.parse_args()))
 
 
