@@ -465,7 +465,10 @@ class Analytics:
                         buckets = aggregate(buckets, granularity, zone)
                     parts.setdefault(key, []).append(buckets)
                     currencies.setdefault(key, set()).update(found)
-        per_key = {key: (merge(lists), currencies[key]) for key, lists in parts.items()}
+        per_key = {
+            key: (lists[0] if len(lists) == 1 else merge(lists), currencies[key])
+            for key, lists in parts.items()
+        }
         if netted:
             return _netted(per_key)
         return [

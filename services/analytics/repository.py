@@ -24,6 +24,7 @@ import psycopg
 from sqlalchemy import (
     BigInteger,
     ColumnElement,
+    Float,
     Select,
     and_,
     cast,
@@ -39,7 +40,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from energymesh.devices.v1 import devices_pb2
 from services.analytics.models import AnomalyRow, MeterInfo, Rollup, SiteInfo, SiteRollup
-from services.analytics.rollups import Bucket, Reading
+from services.analytics.rollups import Bucket, Columns, Reading
 from services.analytics.rows import to_datetime, to_ms
 from services.kernel import pgcopy
 
@@ -393,7 +394,7 @@ class SeriesKey:
 _SITE = SiteRollup.__table__.c
 _METER = Rollup.__table__.c
 _METER_INFO = MeterInfo.__table__.c
-_LENGTH_MS = func.extract("epoch", _METER.bucket_end - _METER.bucket_start) * 1000
+_LENGTH_MS = cast(func.extract("epoch", _METER.bucket_end - _METER.bucket_start) * 1000, Float)
 
 
 def _pieces(columns: Any, pieces: Sequence[tuple[str, datetime, datetime]]) -> ColumnElement[bool]:
@@ -431,7 +432,8 @@ def _bucket(row: Any, start_ms: int, end_ms: int) -> Bucket:
 def _sums(columns: Any, span: Any, priced: Any, co2_rows: Any) -> list[Any]:
     return [
         func.sum(columns.value).label("value"),
-        func.sum(columns.covered_ms).label("covered_ms"),
+        # Sums as float8 (exact for these sizes): a bigint sum is numeric, slow to add up.
+        func.sum(cast(columns.covered_ms, Float)).label("covered_ms"),
         span.label("span_ms"),
         func.sum(columns.reading_count).label("reading_count"),
         func.sum(columns.reset_count).label("reset_count"),
@@ -441,7 +443,7 @@ def _sums(columns: Any, span: Any, priced: Any, co2_rows: Any) -> list[Any]:
         func.coalesce(func.sum(columns.co2_kg), 0.0).label("co2_kg"),
         co2_rows.label("co2_rows"),
         func.max(columns.currency).label("currency"),
-        func.count(func.distinct(columns.currency)).label("currencies"),
+        func.min(columns.currency).label("other_currency"),
         func.max(columns.peak_demand).label("peak_demand"),
         _epoch_ms(aggregate_order_by_first(columns.peak_time, columns.peak_demand)).label(
             "peak_time"
@@ -463,7 +465,10 @@ def _bounds(columns: Any) -> list[Any]:
 
 def _site_sums() -> list[Any]:
     return _sums(
-        _SITE, func.sum(_SITE.span_ms), func.sum(_SITE.priced_rows), func.sum(_SITE.co2_rows)
+        _SITE,
+        func.sum(cast(_SITE.span_ms, Float)),
+        func.sum(_SITE.priced_rows),
+        func.sum(_SITE.co2_rows),
     )
 
 
@@ -503,7 +508,7 @@ async def grouped_buckets(
             buckets.append(_bucket(row, row.start_ms, row.end_ms))
             if row.currency:
                 currencies.add(row.currency)
-                if row.currencies > 1:
+                if row.other_currency != row.currency:
                     currencies.add("")  # several currencies meet in this bucket
     return result
 
@@ -620,7 +625,7 @@ async def totals(
 
 def _total(row: Any, source_id: str, site_id: str, lo: datetime, hi: datetime) -> Total:
     currencies = {row.currency} if row.currency else set()
-    if row.currencies > 1:
+    if row.other_currency != row.currency:
         currencies.add("")
     return Total(
         source_id=source_id,
@@ -635,39 +640,62 @@ def _epoch_ms(column: Any) -> Any:
     return cast(func.extract("epoch", column) * 1000, BigInteger)
 
 
+# A meter's buckets of one granularity in [start, end), as packed big-endian columns (one row:
+# no Python object per value on the way).
+PACKED_BUCKETS = text(
+    """
+    SELECT string_agg(timestamptz_send(bucket_start), ''::bytea),
+        string_agg(timestamptz_send(bucket_end), ''::bytea),
+        string_agg(float8send(value), ''::bytea),
+        string_agg(int8send(covered_ms), ''::bytea),
+        string_agg(int4send(reading_count), ''::bytea),
+        string_agg(int4send(reset_count), ''::bytea),
+        string_agg(int4send(rollover_count), ''::bytea),
+        string_agg(float8send(peak_demand), ''::bytea),
+        string_agg(timestamptz_send(peak_time), ''::bytea),
+        string_agg(float8send(coalesce(cost, 'NaN')), ''::bytea),
+        string_agg(float8send(coalesce(co2_kg, 'NaN')), ''::bytea),
+        max(currency)
+    FROM analytics.rollups
+    WHERE meter_id = :meter_id AND granularity = :granularity
+      AND bucket_start >= :start AND bucket_start < :end
+    """
+)
+
+
 async def meter_buckets(
     session: AsyncSession, meter_id: str, granularity: str, start: datetime, end: datetime
 ) -> tuple[list[Bucket], str]:
     """A meter's stored buckets starting in [start, end), in time order, and the currency of
-    their cost ("" when unpriced). Plain rows, times as epoch ms: no ORM objects."""
-    rows = await session.execute(
-        select(
-            _epoch_ms(_METER.bucket_start),
-            _epoch_ms(_METER.bucket_end),
-            _METER.value,
-            _METER.covered_ms,
-            _METER.reading_count,
-            _METER.reset_count,
-            _METER.rollover_count,
-            _METER.peak_demand,
-            _epoch_ms(_METER.peak_time),
-            _METER.cost,
-            _METER.co2_kg,
-            _METER.currency,
+    their cost ("" when unpriced)."""
+    row = (
+        await session.execute(
+            PACKED_BUCKETS,
+            {"meter_id": meter_id, "granularity": granularity, "start": start, "end": end},
         )
-        .where(
-            _METER.meter_id == meter_id,
-            _METER.granularity == granularity,
-            _METER.bucket_start >= start,
-            _METER.bucket_start < end,
-        )
-        .order_by(_METER.bucket_start)
+    ).one()
+    if row[0] is None:
+        return [], ""
+
+    def column(index: int, dtype: str) -> npt.NDArray[Any]:
+        return np.frombuffer(row[index], dtype=dtype)
+
+    times, order = column(0, pgcopy.TIMESTAMPTZ), None
+    order = np.argsort(times, kind="stable")
+    columns = Columns(
+        start=pgcopy.from_timestamptz(times),
+        end=pgcopy.from_timestamptz(column(1, pgcopy.TIMESTAMPTZ)),
+        value=column(2, pgcopy.FLOAT8).astype(np.float64),
+        covered=column(3, pgcopy.INT8).astype(np.int64),
+        readings=column(4, pgcopy.INT4).astype(np.int64),
+        resets=column(5, pgcopy.INT4).astype(np.int64),
+        rollovers=column(6, pgcopy.INT4).astype(np.int64),
+        peak_demand=column(7, pgcopy.FLOAT8).astype(np.float64),
+        peak_time=pgcopy.from_timestamptz(column(8, pgcopy.TIMESTAMPTZ)),
+        cost=column(9, pgcopy.FLOAT8).astype(np.float64),
+        co2_kg=column(10, pgcopy.FLOAT8).astype(np.float64),
     )
-    buckets, currency = [], ""
-    for row in rows:
-        buckets.append(Bucket(*row[:11]))
-        currency = currency or row[11] or ""
-    return buckets, currency
+    return columns.take(order).buckets(), row[11] or ""
 
 
 async def sites_of_organization(session: AsyncSession, organization_id: str) -> list[SiteInfo]:

@@ -50,7 +50,7 @@ import bisect
 import itertools
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from datetime import UTC, date, datetime, timedelta
 from enum import Enum
 from functools import lru_cache
@@ -681,6 +681,10 @@ class Columns:
             cost=column((b.cost for b in buckets), np.float64),
             co2_kg=column((b.co2_kg for b in buckets), np.float64),
         )
+
+    def take(self, order: npt.NDArray[np.intp]) -> Columns:
+        """The buckets in the given order (e.g. an argsort)."""
+        return Columns(*(getattr(self, f.name)[order] for f in fields(self)))
 
     def buckets(self) -> list[Bucket]:
         return [
