@@ -30,6 +30,7 @@ from sqlalchemy import (
     cast,
     delete,
     func,
+    literal,
     or_,
     select,
     text,
@@ -490,6 +491,26 @@ class Sources:
     meter_ids: Sequence[str] = ()
 
 
+# The columns of a grouped query, packed per series (string_agg of their binary send form):
+# no Python object per value on the way. (label, send function, numpy dtype)
+_PACKED = (
+    ("start_ms", "int8send", pgcopy.INT8),
+    ("end_ms", "int8send", pgcopy.INT8),
+    ("value", "float8send", pgcopy.FLOAT8),
+    ("covered_ms", "float8send", pgcopy.FLOAT8),
+    ("span_ms", "float8send", pgcopy.FLOAT8),
+    ("reading_count", "int8send", pgcopy.INT8),
+    ("reset_count", "int8send", pgcopy.INT8),
+    ("rollover_count", "int8send", pgcopy.INT8),
+    ("cost", "float8send", pgcopy.FLOAT8),
+    ("priced_rows", "int8send", pgcopy.INT8),
+    ("co2_kg", "float8send", pgcopy.FLOAT8),
+    ("co2_rows", "int8send", pgcopy.INT8),
+    ("peak_demand", "float8send", pgcopy.FLOAT8),
+    ("peak_time", "int8send", pgcopy.INT8),
+)
+
+
 async def grouped_buckets(
     session: AsyncSession,
     sources: Sources,
@@ -499,18 +520,61 @@ async def grouped_buckets(
     commodity: int = 0,
 ) -> dict[SeriesKey, tuple[list[Bucket], set[str]]]:
     """The sources' stored buckets of one granularity starting in [start, end), summed per
-    series and bucket, with the currencies of their costs."""
+    series and bucket (in time order), with the currencies of their costs."""
     result: dict[SeriesKey, tuple[list[Bucket], set[str]]] = {}
     for statement in _grouped_statements(sources, granularity, start, end, commodity):
-        for row in await session.execute(statement):
-            key = SeriesKey(int(row.commodity), int(row.direction), str(row.unit))
+        inner = statement.subquery()
+        packed = select(
+            inner.c.commodity,
+            inner.c.direction,
+            inner.c.unit,
+            *(
+                func.string_agg(
+                    getattr(func, send)(
+                        cast(inner.c[name], BigInteger if send == "int8send" else Float)
+                    ),
+                    literal(b""),
+                )
+                for name, send, _ in _PACKED
+            ),
+            func.max(inner.c.currency),
+            func.min(inner.c.other_currency),
+        ).group_by(inner.c.commodity, inner.c.direction, inner.c.unit)
+        for row in await session.execute(packed):
+            key = SeriesKey(int(row[0]), int(row[1]), str(row[2]))
+            columns = {
+                name: np.frombuffer(data, dtype=dtype)
+                for (name, _, dtype), data in zip(_PACKED, row[3:-2], strict=True)
+            }
             buckets, currencies = result.setdefault(key, ([], set()))
-            buckets.append(_bucket(row, row.start_ms, row.end_ms))
-            if row.currency:
-                currencies.add(row.currency)
-                if row.other_currency != row.currency:
-                    currencies.add("")  # several currencies meet in this bucket
+            buckets.extend(_buckets_of(columns))
+            highest, lowest = row[-2], row[-1]
+            currencies.update(c for c in (highest, lowest) if c)
+    for buckets, _ in result.values():
+        buckets.sort(key=lambda bucket: bucket.start_ms)
     return result
+
+
+def _buckets_of(columns: dict[str, npt.NDArray[Any]]) -> list[Bucket]:
+    """Buckets from packed columns (_PACKED)."""
+    lists = {name: column.tolist() for name, column in columns.items()}
+    return [
+        Bucket(
+            start_ms=lists["start_ms"][i],
+            end_ms=lists["end_ms"][i],
+            value=lists["value"][i],
+            covered_ms=int(lists["covered_ms"][i]),
+            readings=lists["reading_count"][i],
+            resets=lists["reset_count"][i],
+            rollovers=lists["rollover_count"][i],
+            peak_demand=lists["peak_demand"][i],
+            peak_time_ms=lists["peak_time"][i],
+            cost=lists["cost"][i] if lists["priced_rows"][i] else None,
+            co2_kg=lists["co2_kg"][i] if lists["co2_rows"][i] else None,
+            span_ms=int(lists["span_ms"][i]),
+        )
+        for i in range(len(lists["start_ms"]))
+    ]
 
 
 def _grouped_statements(
@@ -528,7 +592,6 @@ def _grouped_statements(
                 _SITE.bucket_start < end,
             )
             .group_by(*keys)
-            .order_by(*keys)
         )
         if commodity:
             query = query.where(_SITE.commodity == commodity)
@@ -551,7 +614,6 @@ def _grouped_statements(
                 _METER.bucket_start < end,
             )
             .group_by(*keys)
-            .order_by(*keys)
         )
         if commodity:
             query = query.where(_METER_INFO.commodity == commodity)
