@@ -582,7 +582,8 @@ def _grouped_statements(
 ) -> list[Select[Any]]:
     statements = []
     if sources.site_ids:
-        keys = [_SITE.commodity, _SITE.direction, _SITE.unit, _SITE.bucket_start, _SITE.bucket_end]
+        # Time first: sorting for the grouping then rarely compares the unit (text).
+        keys = [_SITE.bucket_start, _SITE.bucket_end, _SITE.commodity, _SITE.direction, _SITE.unit]
         query = (
             select(*keys, *_bounds(_SITE), *_site_sums())
             .where(
@@ -598,11 +599,11 @@ def _grouped_statements(
         statements.append(query)
     if sources.meter_ids:
         keys = [
+            _METER.bucket_start,
+            _METER.bucket_end,
             _METER_INFO.commodity,
             _METER_INFO.direction,
             _METER.unit,
-            _METER.bucket_start,
-            _METER.bucket_end,
         ]
         query = (
             select(*keys, *_bounds(_METER), *_meter_sums())

@@ -687,21 +687,25 @@ class Columns:
         return Columns(*(getattr(self, f.name)[order] for f in fields(self)))
 
     def buckets(self) -> list[Bucket]:
+        # Through lists: indexing numpy arrays element by element is slow.
+        cost = [None if math.isnan(c) else c for c in self.cost.tolist()]
+        co2 = [None if math.isnan(c) else c for c in self.co2_kg.tolist()]
         return [
-            Bucket(
-                start_ms=int(self.start[i]),
-                end_ms=int(self.end[i]),
-                value=float(self.value[i]),
-                covered_ms=int(self.covered[i]),
-                readings=int(self.readings[i]),
-                resets=int(self.resets[i]),
-                rollovers=int(self.rollovers[i]),
-                peak_demand=float(self.peak_demand[i]),
-                peak_time_ms=int(self.peak_time[i]),
-                cost=None if math.isnan(self.cost[i]) else float(self.cost[i]),
-                co2_kg=None if math.isnan(self.co2_kg[i]) else float(self.co2_kg[i]),
+            Bucket(*row)  # the fields' order: start_ms, end_ms, …, cost, co2_kg
+            for row in zip(
+                self.start.tolist(),
+                self.end.tolist(),
+                self.value.tolist(),
+                self.covered.tolist(),
+                self.readings.tolist(),
+                self.resets.tolist(),
+                self.rollovers.tolist(),
+                self.peak_demand.tolist(),
+                self.peak_time.tolist(),
+                cost,
+                co2,
+                strict=True,
             )
-            for i in range(len(self))
         ]
 
 
