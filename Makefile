@@ -91,7 +91,7 @@ test: lint gen-check
 	$(BIN)/pytest
 
 # Ingest figures (about two minutes on 2 cores) and analytics figures, each on a fresh mesh;
-# BENCH_ARGS=--scale 4 for a bigger ingest run, ANALYTICS_BENCH_ARGS=--meters 1000 for 35M
+# BENCH_ARGS=--scale 4 for a bigger ingest run, ANALYTICS_BENCH_ARGS=--scale 1 for 35M readings
 # readings of analytics.
 bench: setup
 	$(PY) -m benchmarks.ingest $(BENCH_ARGS)

@@ -8,8 +8,8 @@ analytics service, and of the same answers computed from the raw readings in SQL
 closely the two agree). How fast the rollup consumer keeps up with ingest is measured by the
 ingest benchmark (its consumers line), on the events of its own load.
 
-    python -m benchmarks.analytics [--meters 100] [--days 365] [--sites 10]
-    Full scale (35M readings): --meters 1000
+    python -m benchmarks.analytics [--scale 0.1] [--days 365] [--sites 10]
+    Full scale (1,000 meters, 35M readings): --scale 1
 """
 
 from __future__ import annotations
@@ -495,12 +495,18 @@ async def bench(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--meters", type=int, default=100, help="1000 for the full scale")
+    parser.add_argument(
+        "--scale", type=float, default=0.1, help="share of the full 1,000 meters (1 = 35M readings)"
+    )
+    parser.add_argument("--meters", type=int, help="overrides --scale")
     parser.add_argument("--days", type=int, default=365)
     parser.add_argument("--sites", type=int, default=10)
     parser.add_argument("--repeat", type=int, default=50, help="samples per rollup query")
     parser.add_argument("--raw-repeat", type=int, default=3, help="samples per raw query")
-    asyncio.run(bench(parser.parse_args()))
+    args = parser.parse_args()
+    if args.meters is None:
+        args.meters = max(1, round(1000 * args.scale))
+    asyncio.run(bench(args))
 
 
 if __name__ == "__main__":
