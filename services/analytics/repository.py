@@ -556,24 +556,29 @@ async def grouped_buckets(
 
 
 def _buckets_of(columns: dict[str, npt.NDArray[Any]]) -> list[Bucket]:
-    """Buckets from packed columns (_PACKED)."""
-    lists = {name: column.tolist() for name, column in columns.items()}
+    """Buckets from packed columns (_PACKED), built through lists (faster than indexing)."""
+
+    def known(name: str, rows: str) -> list[float | None]:
+        values, counts = columns[name].tolist(), columns[rows].tolist()
+        return [v if n else None for v, n in zip(values, counts, strict=True)]
+
     return [
-        Bucket(
-            start_ms=lists["start_ms"][i],
-            end_ms=lists["end_ms"][i],
-            value=lists["value"][i],
-            covered_ms=int(lists["covered_ms"][i]),
-            readings=lists["reading_count"][i],
-            resets=lists["reset_count"][i],
-            rollovers=lists["rollover_count"][i],
-            peak_demand=lists["peak_demand"][i],
-            peak_time_ms=lists["peak_time"][i],
-            cost=lists["cost"][i] if lists["priced_rows"][i] else None,
-            co2_kg=lists["co2_kg"][i] if lists["co2_rows"][i] else None,
-            span_ms=int(lists["span_ms"][i]),
+        Bucket(*row)  # the fields' order: start_ms, end_ms, …, cost, co2_kg, span_ms
+        for row in zip(
+            columns["start_ms"].tolist(),
+            columns["end_ms"].tolist(),
+            columns["value"].tolist(),
+            columns["covered_ms"].astype(np.int64).tolist(),
+            columns["reading_count"].tolist(),
+            columns["reset_count"].tolist(),
+            columns["rollover_count"].tolist(),
+            columns["peak_demand"].tolist(),
+            columns["peak_time"].tolist(),
+            known("cost", "priced_rows"),
+            known("co2_kg", "co2_rows"),
+            columns["span_ms"].astype(np.int64).tolist(),
+            strict=True,
         )
-        for i in range(len(lists["start_ms"]))
     ]
 
 
