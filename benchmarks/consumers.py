@@ -61,15 +61,15 @@ class ReadingConsumers:
             if info.config.durable_name
         }
 
-    async def pause(self, seconds: float = 600) -> None:
-        """Pauses every durable consumer of the stream (at most `seconds`, in case the
-        benchmark dies before resuming them)."""
+    async def pause(self, names: list[str] | None = None, seconds: float = 600) -> None:
+        """Pauses the named durable consumers of the stream, or all (at most `seconds`, in case
+        the benchmark dies before resuming them)."""
         until = (datetime.now(UTC) + timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%SZ")
-        for name in await self.names():
+        for name in names or await self.names():
             await self.js.pause_consumer(TELEMETRY_STREAM.name, name, until)
 
-    async def resume(self) -> None:
-        for name in await self.names():
+    async def resume(self, names: list[str] | None = None) -> None:
+        for name in names or await self.names():
             await self.js.resume_consumer(TELEMETRY_STREAM.name, name)
 
     async def published(self) -> int:
