@@ -534,31 +534,15 @@ def aggregate(
     groups: dict[int, list[Bucket]] = {}
     for quarter in quarters:
         groups.setdefault(bucket_start(quarter.start_ms, granularity, tz), []).append(quarter)
-    result = []
-    for start in sorted(groups):
-        members = groups[start]
-        peak = max(members, key=lambda q: (q.peak_demand, -q.start_ms))
-        result.append(
-            Bucket(
-                start_ms=start,
-                end_ms=bucket_end(start, granularity, tz),
-                value=math.fsum(q.value for q in members),
-                covered_ms=sum(q.covered_ms for q in members),
-                readings=sum(q.readings for q in members),
-                resets=sum(q.resets for q in members),
-                rollovers=sum(q.rollovers for q in members),
-                peak_demand=peak.peak_demand,
-                peak_time_ms=peak.peak_time_ms,
-                cost=known_sum(q.cost for q in members),
-                co2_kg=known_sum(q.co2_kg for q in members),
-                span_ms=(
-                    sum(q.expected_ms for q in members)
-                    if any(q.span_ms is not None for q in members)
-                    else None
-                ),
-            )
+    return [
+        _sum_of(
+            start,
+            bucket_end(start, granularity, tz),
+            groups[start],
+            spanned=any(q.span_ms is not None for q in groups[start]),
         )
-    return result
+        for start in sorted(groups)
+    ]
 
 
 def known_sum(amounts: Iterable[float | None]) -> float | None:
@@ -578,7 +562,11 @@ def merge(sources: Iterable[Sequence[Bucket]]) -> list[Bucket]:
     return [_sum_of(start, end, groups[(start, end)]) for start, end in sorted(groups)]
 
 
-def _sum_of(start_ms: int, end_ms: int, members: Sequence[Bucket]) -> Bucket:
+def _sum_of(
+    start_ms: int, end_ms: int, members: Sequence[Bucket], *, spanned: bool = True
+) -> Bucket:
+    """The members summed into [start_ms, end_ms); the highest peak (the earliest of equals).
+    spanned: the sum carries the members' expected time (else its own length is expected)."""
     peak = max(members, key=lambda b: (b.peak_demand, -b.peak_time_ms))
     return Bucket(
         start_ms=start_ms,
@@ -592,7 +580,7 @@ def _sum_of(start_ms: int, end_ms: int, members: Sequence[Bucket]) -> Bucket:
         peak_time_ms=peak.peak_time_ms,
         cost=known_sum(b.cost for b in members),
         co2_kg=known_sum(b.co2_kg for b in members),
-        span_ms=sum(b.expected_ms for b in members),
+        span_ms=sum(b.expected_ms for b in members) if spanned else None,
     )
 
 
